@@ -1,0 +1,81 @@
+"""Shared test helpers: running a script as a user would, reading its outputs, and small
+scripted environments registered with gymnasium for the done-handling and NaN tests."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script: str, *cli_args: str, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <script> <cli_args>` from the repo root, capturing output (2 torch threads)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *cli_args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def only_run_dir(output_dir: str) -> str:
+    """The single run folder a script created under output_dir."""
+    runs = sorted(glob.glob(os.path.join(str(output_dir), "*__*__*__*")))
+    assert len(runs) == 1, f"expected one run folder in {output_dir}, found {runs}"
+    return runs[0]
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def loss_rows(run_dir: str) -> list[tuple]:
+    """metrics.csv without the wall-clock columns and SPS: what must repeat exactly for a seed."""
+    return [(r["global_step"], r["metric"], r["value"]) for r in read_csv(os.path.join(run_dir, "metrics.csv"))
+            if r["metric"] != "charts/SPS"]
+
+
+# ---- scripted environments ---------------------------------------------------------------
+class ScriptedEnv(gym.Env):
+    """1-D env whose observation is the step count; reward 1 per step. Episodes end by
+    termination at `terminate_at` or by the TimeLimit wrapper at max_episode_steps (truncation),
+    so a test can check which transitions bootstrap."""
+
+    def __init__(self, terminate_at: int = 10_000, nan_reward_after: int | None = None):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gym.spaces.Box(np.array([-1.0], np.float32), np.array([3.0], np.float32))
+        self.terminate_at, self.nan_reward_after = terminate_at, nan_reward_after
+        self.t, self.total = 0, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += 1
+        reward = 1.0
+        if self.nan_reward_after is not None and self.total > self.nan_reward_after:
+            reward = float("nan")
+        return np.array([float(self.t)], np.float32), reward, self.t >= self.terminate_at, False, {}
+
+
+for _id, _kwargs, _limit in (("ScriptedTruncate-v0", {}, 5), ("ScriptedTerminate-v0", {"terminate_at": 5}, 100),
+                             ("ScriptedNaN-v0", {"nan_reward_after": 600}, 50)):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=ScriptedEnv, kwargs=_kwargs, max_episode_steps=_limit)
+
+
+@pytest.fixture
+def tiny_args_common():
+    """CLI flags for a fast run on Pendulum: small nets, early learning, frequent everything."""
+    return ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100",
+            "--batch-size", "32", "--eval-every", "200", "--eval-episodes", "2", "--log-every", "100",
+            "--checkpoint-every", "200"]
