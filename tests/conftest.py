@@ -12,6 +12,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +80,21 @@ def tiny_args_common():
     return ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100",
             "--batch-size", "32", "--eval-every", "200", "--eval-episodes", "2", "--log-every", "100",
             "--checkpoint-every", "200"]
+
+
+def flat_state(checkpoint: dict) -> dict:
+    """Every tensor of a checkpoint, by a dotted path (for exact comparison)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            out[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif isinstance(value, (list, tuple)) and prefix.endswith("state"):
+            for i, item in enumerate(value):
+                walk(f"{prefix}.{i}", item)
+
+    walk("", checkpoint)
+    return out

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sac_continuous as sac
-from conftest import REPO, loss_rows, only_run_dir, read_csv, run_script
+from conftest import REPO, flat_state, loss_rows, only_run_dir, read_csv, run_script
 
 
 def tiny(tmp_path, **overrides) -> sac.Args:
@@ -96,24 +96,6 @@ def test_same_seed_same_results_other_seed_differs(tmp_path):
 
 
 # ---- checkpoint and resume ------------------------------------------------------------------------
-def flat_state(checkpoint: dict) -> dict:
-    """Every tensor of a checkpoint, by a dotted path (for exact comparison)."""
-    out = {}
-
-    def walk(prefix, value):
-        if isinstance(value, torch.Tensor):
-            out[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
-        elif isinstance(value, (list, tuple)) and prefix.endswith("state"):
-            for i, item in enumerate(value):
-                walk(f"{prefix}.{i}", item)
-
-    walk("", checkpoint)
-    return out
-
-
 def test_resume_restores_the_saved_state_exactly(tmp_path):
     args = tiny(tmp_path, total_timesteps=300)
     run_dir = sac.train(args)["run_dir"]

@@ -1,0 +1,33 @@
+"""benchmark/throughput.py: every contender gets the same settings, and the table's medians and
+ratios are right (on synthetic results; the real measurement is the lead's long run)."""
+
+from benchmark.throughput import LABELS, Args, command, table
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
+def test_every_contender_gets_the_same_settings():
+    args = Args(env_id="Hopper-v4", total_timesteps=3000, learning_starts=700)
+    for label in LABELS:
+        cmd = command(args, label, "/tmp/out", 0)
+        assert flag(cmd, "--env-id") == "Hopper-v4" and flag(cmd, "--total-timesteps") == "3000"
+        assert flag(cmd, "--batch-size") == "256" and flag(cmd, "--hidden-size") == "256"
+        assert flag(cmd, "--learning-starts") == "700" and flag(cmd, "--eval-every") == "0"
+        assert "--no-cuda" in cmd
+        if label != "sb3_sac":  # SB3 ties random steps to learning_starts itself
+            assert flag(cmd, "--random-steps") == "700" and flag(cmd, "--num-layers") == "2"
+    assert flag(command(args, "posac_jko (2 actors)", "/tmp/out", 0), "--num-actors") == "2"
+
+
+def test_table_medians_and_ratios():
+    results = {
+        "sac_continuous": [{"train_sps": 100.0, "sps": 90.0}, {"train_sps": 120.0, "sps": 95.0}, {"train_sps": 80.0, "sps": 70.0}],
+        "sb3_sac": [{"train_sps": 50.0, "sps": 45.0}, {"train_sps": 60.0, "sps": 50.0}, {"train_sps": 55.0, "sps": 40.0}],
+        "gmm_density_matching": [{"error": "exit 2: boom"}],
+    }
+    lines = table(results).splitlines()
+    assert lines[2] == "| sac_continuous | 100 (80-120) | 90 | 1.00 | 3 |"
+    assert lines[3] == "| sb3_sac | 55 (50-60) | 45 | 0.55 | 3 |"
+    assert lines[4] == "| gmm_density_matching | failed: exit 2: boom | - | - | 1 |"
