@@ -882,7 +882,8 @@ def train(args: Args) -> dict:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, id=run_name, resume="allow", save_code=True)
+                   config=asdict(args), name=run_name, id=run_name, resume="allow", save_code=True,
+                   dir=run_dir)  # wandb/ inside the run folder, not the working directory
     logger = RunLogger(run_dir, resume_step=global_step if checkpoint is not None else None)
 
     def checkpoint_state() -> dict:

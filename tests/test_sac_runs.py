@@ -231,6 +231,16 @@ def test_capture_video_writes_mp4(tmp_path):
     assert videos and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 0
 
 
+def test_track_mirrors_to_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="--track needs the `wandb` extra")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network: wandb writes the run locally
+    run_dir = sac.train(tiny(tmp_path, total_timesteps=150, track=True))["run_dir"]
+    offline = [d for d in os.listdir(os.path.join(run_dir, "wandb")) if d.startswith("offline-run-")]
+    assert len(offline) == 1 and os.path.basename(run_dir) in offline[0]
+    records = [f for f in os.listdir(os.path.join(run_dir, "wandb", offline[0])) if f.endswith(".wandb")]
+    assert records and os.path.getsize(os.path.join(run_dir, "wandb", offline[0], records[0])) > 0
+
+
 # ---- learning ---------------------------------------------------------------------------------------
 def test_default_sac_learns_pendulum_within_10k_steps(tmp_path):
     """The issue's bar: default hyperparameters, deterministic evaluation mean >= -300 by 10,000
