@@ -45,6 +45,13 @@ import numpy as np
 import torch
 import tyro
 
+# The bookkeeping every run of this project shares (errors, logging to TensorBoard/metrics.csv/
+# eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
+# reference script, so this peer writes exactly the same files.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed,  # noqa: E402
+                            strip_resume_flag)
+
 ALGORITHM = "sb3_sac"
 
 
@@ -107,14 +114,6 @@ class Args:
     """write losses/SPS and print the progress line every this many steps"""
 
 
-class ConfigError(ValueError):
-    """Bad input: reported as one `error:` line before any work."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite."""
-
-
 def validate(args: Args) -> None:
     """Check the arguments and the env before any work (no run folder is made on failure)."""
     for name in ("total_timesteps", "num_envs", "eval_episodes", "batch_size", "buffer_size", "hidden_size", "log_every"):
@@ -140,11 +139,6 @@ def checkpoint_path(resume: str) -> Path:
     return path if path.name == "checkpoint.pt" else path / "checkpoint.pt"
 
 
-def crossed(before: int, after: int, every: int) -> bool:
-    """Did the step counter pass a multiple of `every` going from before to after?"""
-    return every > 0 and before // every != after // every
-
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -155,63 +149,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[package] = "not installed"
     return versions
-
-
-# TRY NOT TO MODIFY: logging to TensorBoard, metrics.csv and eval.csv -------------------------
-
-
-class RunLogger:
-    """TensorBoard + metrics.csv (long format) + eval.csv. On resume, rows logged after the
-    checkpoint's step are dropped first, so the files read as one uninterrupted run."""
-
-    METRICS = ["global_step", "wall_time", "metric", "value"]
-    EVALS = ["global_step", "policy", "mode", "mean_return", "std_return", "episodes"]
-
-    def __init__(self, run_dir: Path, resume_step: Optional[int]):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.metrics_path, self.eval_path = run_dir / "metrics.csv", run_dir / "eval.csv"
-        if resume_step is not None:
-            for path in (self.metrics_path, self.eval_path):
-                self.truncate(path, resume_step)
-        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step)
-        self.metrics = self.open(self.metrics_path, self.METRICS)
-        self.evals = self.open(self.eval_path, self.EVALS)
-
-    @staticmethod
-    def truncate(path: Path, step: int) -> None:
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step])
-
-    @staticmethod
-    def open(path: Path, header: list[str]):
-        new = not path.exists() or path.stat().st_size == 0
-        f = open(path, "a", newline="")
-        if new:
-            csv.writer(f).writerow(header)
-        return f
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        now = time.time()
-        writer = csv.writer(self.metrics)
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
-            writer.writerow([step, f"{now:.3f}", tag, value])
-        self.metrics.flush()
-
-    def evaluation(self, step: int, mode: str, returns: np.ndarray) -> None:
-        csv.writer(self.evals).writerow([step, 0, mode, float(returns.mean()), float(returns.std()), len(returns)])
-        self.evals.flush()
-        self.writer.add_scalar(f"eval/{mode}_return", float(returns.mean()), step)
-
-    def close(self) -> None:
-        self.writer.close()
-        self.metrics.close()
-        self.evals.close()
 
 
 # checkpoints -----------------------------------------------------------------------------------
@@ -293,7 +230,7 @@ def make_callback(args: Args, run_dir: Path, logger: RunLogger, state: dict, eva
             results = []
             for mode in ("deterministic", "stochastic"):
                 returns = evaluate(self.model, eval_env, args.eval_episodes, args.seed + 100_000, mode == "deterministic")
-                logger.evaluation(step, mode, returns)
+                logger.evaluation(step, 0, mode, returns)
                 results.append({"policy": 0, "mode": mode, "mean_return": float(returns.mean()),
                                 "std_return": float(returns.std()), "episodes": len(returns)})
             print(f"eval at step {step}: deterministic {results[0]['mean_return']:.2f} | "
@@ -396,7 +333,7 @@ def train(args: Args) -> dict:
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=asdict(args), name=run_dir.name, id=run_dir.name, resume="allow")
-    logger = RunLogger(run_dir, resume_step=state["global_step"] if args.resume else None)
+    logger = RunLogger(str(run_dir), resume_step=state["global_step"] if args.resume else None)
     callback = make_callback(args, run_dir, logger, state, eval_env)
     start_time, start_step = time.time(), state["global_step"]
     final_eval: list[dict] = []
@@ -410,7 +347,7 @@ def train(args: Args) -> dict:
         state["last_good_step"] = state["global_step"]
         save_checkpoint(run_dir / "checkpoint.pt", model, state)
         if interrupted:
-            command = [sys.argv[0]] + without_resume(sys.argv[1:]) + ["--resume", str(run_dir)]
+            command = [sys.argv[0]] + strip_resume_flag(sys.argv[1:]) + ["--resume", str(run_dir)]
             print(f"stopped at step {state['global_step']}; checkpoint written to {run_dir / 'checkpoint.pt'}.\n"
                   f"Resume with: python {' '.join(command)}", file=sys.stderr, flush=True)
         else:
@@ -434,19 +371,6 @@ def train(args: Args) -> dict:
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, run_dir / "summary.json")
     return {**summary, "run_dir": str(run_dir), "interrupted": interrupted}
-
-
-def without_resume(argv: list[str]) -> list[str]:
-    """argv without an existing --resume and its value."""
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--resume":
-            skip = True
-        elif not item.startswith("--resume="):
-            out.append(item)
-    return out
 
 
 def main() -> None:
