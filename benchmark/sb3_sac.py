@@ -26,7 +26,6 @@ them: one learning rate for actor, critic and alpha (3e-4), log sigma clamped to
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
