@@ -1,0 +1,197 @@
+"""gmm_density_matching.py, the math: each pure function against an independent computation."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import gmm_density_matching as gmm
+
+
+def random_gmm(batch=5, k=3, a=2, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    log_w = torch.log_softmax(torch.randn(batch, k, generator=g, dtype=dtype), dim=-1)
+    mean = torch.randn(batch, k, a, generator=g, dtype=dtype)
+    log_std = 0.5 * torch.randn(batch, k, a, generator=g, dtype=dtype)
+    return log_w, mean, log_std
+
+
+def agent_for(space, **overrides):
+    args = gmm.Args(env_id="Pendulum-v1", hidden_size=16, **overrides)
+    obs_dim = 3
+    return gmm.GMMAgent(args, obs_dim, space, torch.device("cpu"))
+
+
+# ---- eq. (3): log pi(u|s) ---------------------------------------------------------------------
+def test_log_prob_equals_mixture_same_family_in_float64():
+    log_w, mean, log_std = random_gmm()
+    u = torch.randn(5, 7, 2, dtype=torch.float64)  # 7 points per state
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=log_w),
+        torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1))
+    expected = reference.log_prob(u.transpose(0, 1)).transpose(0, 1)  # [M, B] batch convention -> [B, M]
+    torch.testing.assert_close(gmm.gmm_log_prob(u, log_w, mean, log_std), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_actor_log_prob_includes_the_tanh_jacobian():
+    """sample() returns log pi(a|s) over actions: the u-density minus log|da/du|, eq. (1)."""
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
+    actor = gmm.GMMActor(3, space.low, space.high, 16, 1, num_components=3)
+    obs = torch.randn(4, 3)
+    torch.manual_seed(0)
+    action, log_prob = actor.sample(obs)
+    torch.manual_seed(0)
+    u = actor.sample_u(actor.distribution_params(obs), 1).squeeze(1)
+    assert torch.allclose(action, actor.squash(u))
+    scale = torch.tensor([2.0, 0.5])
+    jacobian = torch.log(scale * (1 - torch.tanh(u) ** 2) + 1e-6).sum(-1)
+    expected = gmm.gmm_log_prob(u.unsqueeze(1), *actor.distribution_params(obs)).squeeze(1) - jacobian
+    torch.testing.assert_close(log_prob, expected)
+    assert ((action >= torch.tensor(space.low)) & (action <= torch.tensor(space.high))).all()
+
+
+def test_sampling_follows_the_mixture_weights_and_components():
+    actor = gmm.GMMActor(1, np.array([-1.0], np.float32), np.array([1.0], np.float32), 8, 1, num_components=2)
+    log_w = torch.log(torch.tensor([[0.8, 0.2]]))
+    mean = torch.tensor([[[-3.0], [3.0]]])
+    log_std = torch.log(torch.tensor([[[0.1], [0.1]]]))
+    u = actor.sample_u((log_w, mean, log_std), 20_000, torch.Generator().manual_seed(0)).view(-1)
+    assert abs(float((u < 0).float().mean()) - 0.8) < 0.015
+    assert abs(float(u[u < 0].mean()) + 3.0) < 0.01 and abs(float(u[u < 0].std()) - 0.1) < 0.01
+
+
+def test_deterministic_action_is_the_heaviest_components_mean():
+    space = gym.spaces.Box(np.array([-2.0], np.float32), np.array([4.0], np.float32))
+    actor = gmm.GMMActor(2, space.low, space.high, 8, 1, num_components=3)
+    obs = torch.randn(6, 2)
+    log_w, mean, _ = actor.distribution_params(obs)
+    k_star = log_w.argmax(-1)
+    expected = torch.tanh(mean[torch.arange(6), k_star]) * 3.0 + 1.0
+    torch.testing.assert_close(actor.deterministic_action(obs), expected)
+    # not the mixture mean, nor the first component, in general
+    assert not torch.allclose(actor.deterministic_action(obs), torch.tanh(mean[:, 0]) * 3.0 + 1.0) or (k_star == 0).all()
+
+
+# ---- eq. (5): the two loss terms ----------------------------------------------------------------
+def test_entropy_regulariser_value_and_sign():
+    log_w, _, log_std = random_gmm(batch=4, k=3, a=2)
+    lam = 0.3
+    expected = np.mean([-lam * sum(math.exp(log_w[b, k]) * float(log_std[b, k].sum()) for k in range(3))
+                        for b in range(4)])
+    value = gmm.entropy_regulariser(log_w, log_std, lam)
+    assert abs(float(value) - expected) < 1e-12
+    # minimising it must widen the components: d L_ent / d log sigma = -lambda * w < 0
+    log_std = log_std.clone().requires_grad_(True)
+    gmm.entropy_regulariser(log_w, log_std, lam).backward()
+    assert (log_std.grad < 0).all()
+    assert float(gmm.entropy_regulariser(log_w, torch.ones_like(log_std), lam)) < 0  # wide stds lower the loss
+
+
+def test_density_matching_loss_is_the_weighted_negative_log_likelihood():
+    log_pi = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -4.0]], requires_grad=True)
+    weights = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], requires_grad=True)
+    loss = gmm.density_matching_loss(log_pi, weights)
+    assert abs(loss.item() - np.mean([0.2 + 0.6 + 1.5, 0.5])) < 1e-6
+    loss.backward()
+    assert weights.grad is None, "p_i is a target: no gradient may flow into it"
+    torch.testing.assert_close(log_pi.grad, -weights.detach() / 2)
+
+
+# ---- eqs. (4), (6), (7): the weights --------------------------------------------------------------
+def test_boltzmann_weights_against_a_hand_computed_softmax():
+    q = torch.tensor([[1.0, 2.0, 4.0]])
+    t = 2.0
+    e = [math.exp(1 / t), math.exp(2 / t), math.exp(4 / t)]
+    expected = torch.tensor([[x / sum(e) for x in e]])
+    torch.testing.assert_close(gmm.boltzmann_weights(q, t), expected)
+    log_q = torch.tensor([[0.0, math.log(2.0), math.log(4.0)]])
+    e_corrected = [e[0], e[1] / 2, e[2] / 4]
+    expected = torch.tensor([[x / sum(e_corrected) for x in e_corrected]])
+    torch.testing.assert_close(gmm.boltzmann_weights(q, t, log_q), expected)
+    assert gmm.effective_sample_size(torch.full((2, 8), 1 / 8)).item() == pytest.approx(8.0)
+    assert gmm.effective_sample_size(torch.eye(8)[:2]).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("proposal", ["gaussian", "policy", "mixed", "uniform"])
+def test_importance_corrected_target_is_exp_q_over_t_on_a_grid(proposal):
+    """1-D action box [-2, 2]: with the correction (6), the weighted proposal samples histogram to
+    exp(Q(a)/T) normalised on a grid, whatever the proposal; without it, the gaussian and policy
+    proposals fit q(a) * exp(Q/T) instead (the test fails if the correction is dropped)."""
+    space = gym.spaces.Box(np.array([-2.0], np.float32), np.array([2.0], np.float32))
+    torch.manual_seed(0)
+    edges = np.linspace(-1.99, 1.99, 41)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+
+    def q_of(a):
+        return -((a - 0.8) ** 2) / 0.5 + 0.3 * torch.sin(3 * a)
+
+    t = 2.0  # a broad target, so that the proposal's own shape would show if left uncorrected
+    target = np.exp(q_of(torch.as_tensor(centres)).numpy() / t)
+    target /= target.sum()
+    errors = {}
+    for corrected in (True, False):
+        # a wide policy (sigma in u ~ e^0.5), so that it covers the target and importance sampling from it works
+        agent = agent_for(space, num_action_samples=400_000, proposal=proposal, importance_correction=corrected,
+                          log_std_min=0.0, log_std_max=1.0)
+        obs = torch.zeros(1, 3)
+        with torch.no_grad():
+            params = agent.actor.distribution_params(obs)
+            u, log_q = agent.propose(obs, params)
+            a = agent.actor.squash(u).squeeze(-1)  # [1, M]
+            p = gmm.boltzmann_weights(q_of(a), t, log_q)
+        hist, _ = np.histogram(a.numpy().ravel(), bins=edges, weights=p.numpy().ravel())
+        errors[corrected] = np.abs(hist / hist.sum() - target).sum()  # total variation x 2
+    assert errors[True] < 0.05, errors
+    if proposal != "uniform":  # uniform has a constant q(a): corrected or not, the same target
+        assert errors[False] > 0.1, errors
+
+
+def test_kl_temperature_solves_the_dual():
+    """The returned T gives weights whose mean KL to uniform is eps (the dual's optimality
+    condition), and it scales with Q: the same problem with 100 x Q needs 100 x T."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(64, 32, generator=g) * torch.rand(64, 1, generator=g) * 5
+    for eps in (0.05, 0.5, 2.0):
+        t = gmm.kl_temperature(q, eps)
+        p = torch.softmax(q / t, dim=-1)
+        kl = (p * torch.log(p * 32)).sum(-1).mean()
+        assert abs(float(kl) - eps) < 1e-3 * max(eps, 1.0), (eps, float(kl))
+        assert float(gmm.kl_temperature(100 * q, eps)) == pytest.approx(100 * float(t), rel=1e-3)
+
+    # the dual itself is minimal there: g(T) = T eps + T mean_s log mean_i exp(Q_i/T)
+    def dual(temp, eps=0.5):
+        return temp * eps + temp * (torch.logsumexp(q / temp, -1) - math.log(32)).mean()
+
+    t = gmm.kl_temperature(q, 0.5)
+    assert dual(t) <= dual(t * 1.05) and dual(t) <= dual(t * 0.95)
+
+
+# ---- eq. (9): the split first layer ------------------------------------------------------------------
+def test_split_critic_forward_equals_the_concatenated_forward():
+    torch.manual_seed(0)
+    critics = gmm.CriticEnsemble(obs_dim=5, action_dim=3, hidden_size=16, num_layers=2).double()
+    obs, actions = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 4, 3, dtype=torch.float64)
+
+    def plain(o, a):  # the unsplit network: x = [s; a], one weight W = [W_s; W_a] per critic
+        w = torch.cat([critics.weight_state, critics.weight_action], dim=1)
+        x = torch.cat([o, a], -1).unsqueeze(0).expand(2, -1, -1)
+        x = torch.relu(torch.baddbmm(critics.bias_first, x, w))
+        x = torch.relu(torch.baddbmm(critics.biases[0], x, critics.weights[0]))
+        return torch.baddbmm(critics.biases[1], x, critics.weights[1]).squeeze(-1)
+
+    many = critics.forward_many(obs, actions)  # [N, B, M]
+    assert many.shape == (2, 7, 4)
+    for i in range(4):
+        torch.testing.assert_close(many[:, :, i], plain(obs, actions[:, i]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(critics(obs, actions[:, i]), plain(obs, actions[:, i]), rtol=1e-12, atol=1e-12)
+    # the two critics are independent networks
+    assert not torch.allclose(many[0], many[1])
+
+
+def test_td_target_has_no_entropy_term_by_default():
+    r, d = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
+    q, logp = torch.tensor([10.0, 10.0]), torch.tensor([-3.0, -3.0])
+    torch.testing.assert_close(gmm.td_target(r, d, q, logp, gmm.Args().alpha, 0.9), torch.tensor([10.0, 1.0]))
+    torch.testing.assert_close(gmm.td_target(r, d, q, logp, 0.5, 0.9), torch.tensor([1 + 0.9 * 11.5, 1.0]))
