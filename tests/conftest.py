@@ -98,3 +98,52 @@ def flat_state(checkpoint: dict) -> dict:
 
     walk("", checkpoint)
     return out
+
+
+# ---- behaviours every algorithm script shares (checked once per script by these helpers) ----
+def assert_bad_input_rejected(script: str, cli: list, message: str, tmp_path) -> None:
+    """Bad input: exit code 2, exactly one `error:` line containing `message`, no traceback and
+    no run folder. Items of `cli` may be callables of tmp_path (to build a checkpoint first)."""
+    cli = [item(tmp_path) if callable(item) else item for item in cli]
+    out_dir = tmp_path / "out"
+    result = run_script(script, *cli, "--output-dir", str(out_dir), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
+    assert not out_dir.exists(), "no run folder may be created for bad input"
+
+
+def interrupt_then_resume(script: str, cli: list[str], tmp_path, extra_steps: int = 100) -> None:
+    """Start `script` with --total-timesteps 100000, send SIGINT once step 300 is logged, check the
+    exit code 130, the checkpoint and the printed resume command; then run that command (with a
+    budget `extra_steps` past the checkpoint) and check that it finishes the same run folder."""
+    import json
+    import signal
+
+    import torch
+
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, script), "--total-timesteps", "100000",
+                                "--log-every", "100", "--output-dir", str(tmp_path), *cli], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:  # wait until training is under way
+        if line.startswith("step 300/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    run_dir = only_run_dir(tmp_path)
+    assert f"Resume with: python {script}" in stderr and f"--resume {run_dir}" in stderr, stderr
+    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"]
+    assert step >= 300
+    command = stderr.split("Resume with: python ")[1].strip().split()
+    command[command.index("100000")] = str(step + extra_steps)  # finish soon after the interruption
+    finished = run_script(*command, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert json.load(f)["global_step"] == step + extra_steps
+
+
+def assert_video_written(run_dir: str) -> None:
+    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
+    assert videos and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 0

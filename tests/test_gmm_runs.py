@@ -5,16 +5,14 @@ import dataclasses
 import itertools
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import gmm_density_matching as gmm
-from conftest import REPO, flat_state, loss_rows, only_run_dir, read_csv, run_script
+from conftest import (assert_bad_input_rejected, assert_video_written, flat_state, interrupt_then_resume,
+                      loss_rows, only_run_dir, read_csv, run_script)
 
 GMM_METRICS = {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/ess", "losses/mixture_entropy",
                "losses/component_std_0", "losses/q_spread", "losses/temperature", "charts/episodic_return",
@@ -137,27 +135,9 @@ def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_pat
 
 
 def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
-    cli = ["--env-id", "Pendulum-v1", "--total-timesteps", "100000", "--learning-starts", "100",
-           "--batch-size", "32", "--hidden-size", "32", "--num-action-samples", "8", "--log-every", "100",
-           "--eval-every", "0", "--eval-episodes", "1", "--output-dir", str(tmp_path)]
-    process = subprocess.Popen([sys.executable, os.path.join(REPO, "gmm_density_matching.py"), *cli], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for line in process.stdout:  # wait until training is under way
-        if line.startswith("step 300/"):
-            break
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    run_dir = only_run_dir(tmp_path)
-    assert "Resume with: python gmm_density_matching.py" in stderr and f"--resume {run_dir}" in stderr
-    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"]
-    assert step >= 300
-    command = stderr.split("Resume with: python ")[1].strip().split()
-    command[command.index("100000")] = str(step + 100)
-    finished = run_script(*command, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    assert json.load(open(os.path.join(run_dir, "summary.json")))["global_step"] == step + 100
+    cli = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "32",
+           "--num-action-samples", "8", "--eval-every", "0", "--eval-episodes", "1"]
+    interrupt_then_resume("gmm_density_matching.py", cli, tmp_path, extra_steps=100)
 
 
 # ---- non-finite losses ----------------------------------------------------------------------------
@@ -202,21 +182,14 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_is_one_clear_error(tmp_path, name):
     cli, message = BAD_INPUTS[name]
-    cli = [item(tmp_path) if callable(item) else item for item in cli]
-    out_dir = tmp_path / "out"
-    result = run_script("gmm_density_matching.py", *cli, "--output-dir", str(out_dir), timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
-    assert not out_dir.exists(), "no run folder may be created for bad input"
+    assert_bad_input_rejected("gmm_density_matching.py", cli, message, tmp_path)
 
 
 def test_capture_video_writes_mp4(tmp_path):
     pytest.importorskip("moviepy", reason="video needs the `video` extra (moviepy)")
     args = tiny(tmp_path, env_id="InvertedPendulum-v4", total_timesteps=150, capture_video=True, eval_episodes=1)
     run_dir = gmm.train(args)["run_dir"]
-    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
-    assert videos and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 0
+    assert_video_written(run_dir)
 
 
 # ---- learning ---------------------------------------------------------------------------------------

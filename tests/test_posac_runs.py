@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import posac_jko as pj
-from conftest import loss_rows, only_run_dir, read_csv, run_script
+from conftest import assert_bad_input_rejected, interrupt_then_resume, loss_rows, only_run_dir, read_csv, run_script
 
 
 @pytest.fixture(autouse=True)
@@ -65,12 +65,18 @@ def test_source_command_line_writes_every_actor(tmp_path):
         (p, m) for p in (0, 1) for m in ("deterministic", "stochastic")}
 
 
-def test_bad_input_exits_2_before_any_work(tmp_path):
-    result = run_script("posac_jko.py", "--env-id", "Pendulum-v1", "--num-actors", "2", "--w2-weights", "0.0", "0.1",
-                        "0.2", "--output-dir", str(tmp_path), env_extra=ONE_THREAD)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("posac_jko.py: error: --w2-weights has 3 value(s)")
-    assert not os.listdir(tmp_path)
+@pytest.mark.parametrize("cli, message", [
+    (["--env-id", "Pendulum-v1", "--num-actors", "2", "--w2-weights", "0.0", "0.1", "0.2"], "--w2-weights has 3 value(s)"),
+    (["--env-id", "CartPole-v1"], "CartPole-v1 has a Discrete action space"),
+], ids=["w2 length", "discrete env"])
+def test_bad_input_exits_2_before_any_work(tmp_path, cli, message):
+    assert_bad_input_rejected("posac_jko.py", cli, message, tmp_path)
+
+
+def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
+    cli = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "32",
+           "--num-actors", "2", "--w2-weights", "0.0", "0.1", "--eval-every", "0", "--eval-episodes", "1"]
+    interrupt_then_resume("posac_jko.py", cli, tmp_path, extra_steps=100)
 
 
 def test_same_seed_same_run(tmp_path):
