@@ -284,7 +284,8 @@ def test_shipped_posac_yaml_expands_to_the_mujoco_set():
 
 def test_shell_entry_point_expands_the_standard_set():
     result = subprocess.run(["bash", str(ROOT / "benchmark" / "sb3_sac.sh"), "--dry-run"],
-                            env={**os.environ, "RUN_ARGS": "--eval-every 20000"}, capture_output=True, text=True)
+                            env={**os.environ, "RUN_ARGS": "--eval-every 20000", "PYTHON": sys.executable},
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
     assert len(commands) == 5 * 3
