@@ -147,3 +147,28 @@ def interrupt_then_resume(script: str, cli: list[str], tmp_path, extra_steps: in
 def assert_video_written(run_dir: str) -> None:
     videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
     assert videos and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 0
+
+
+def assert_nan_stops_at_last_good_checkpoint(train, error_type, args, tmp_path) -> None:
+    """ScriptedNaN-v0 returns NaN rewards after 600 steps: the critic loss turns NaN, the run stops
+    with `error_type` naming the last good checkpoint (written at step 600 with checkpoint_every
+    300), and that checkpoint still holds finite networks."""
+    import torch
+
+    with pytest.raises(error_type, match="Last good checkpoint: .*step 600"):
+        train(args)
+    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=False)
+    assert checkpoint["global_step"] == 600
+    for name, tensor in {**checkpoint["agent"]["actor"], **checkpoint["agent"]["critics"]}.items():
+        assert torch.isfinite(tensor).all(), name
+
+
+def foreign_checkpoint(algorithm: str):
+    """A checkpoint-maker for the bad-input tables: a file claiming to come from `algorithm`."""
+    def make(tmp_path) -> str:
+        import torch
+
+        path = tmp_path / "foreign.pt"
+        torch.save({"algorithm": algorithm, "args": {}}, path)
+        return str(path)
+    return make

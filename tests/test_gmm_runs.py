@@ -9,10 +9,20 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    assert_bad_input_rejected,
+    assert_nan_stops_at_last_good_checkpoint,
+    assert_video_written,
+    flat_state,
+    foreign_checkpoint,
+    interrupt_then_resume,
+    loss_rows,
+    only_run_dir,
+    read_csv,
+    run_script,
+)
 
 import gmm_density_matching as gmm
-from conftest import (assert_bad_input_rejected, assert_video_written, flat_state, interrupt_then_resume,
-                      loss_rows, only_run_dir, read_csv, run_script)
 
 GMM_METRICS = {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/ess", "losses/mixture_entropy",
                "losses/component_std_0", "losses/q_spread", "losses/temperature", "charts/episodic_return",
@@ -143,21 +153,10 @@ def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
 # ---- non-finite losses ----------------------------------------------------------------------------
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     args = tiny(tmp_path, env_id="ScriptedNaN-v0", total_timesteps=2000, checkpoint_every=300, log_every=100)
-    with pytest.raises(gmm.NonFiniteLossError, match="Last good checkpoint: .*step 600"):
-        gmm.train(args)
-    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=False)
-    assert checkpoint["global_step"] == 600
-    for name, tensor in {**checkpoint["agent"]["actor"], **checkpoint["agent"]["critics"]}.items():
-        assert torch.isfinite(tensor).all(), name
+    assert_nan_stops_at_last_good_checkpoint(gmm.train, gmm.NonFiniteLossError, args, tmp_path)
 
 
 # ---- bad input: one clear line, exit 2, no run folder --------------------------------------------
-def make_foreign_checkpoint(tmp_path):
-    path = tmp_path / "foreign.pt"
-    torch.save({"algorithm": "sac_continuous", "args": {}}, path)
-    return str(path)
-
-
 def make_pendulum_run(tmp_path):
     return gmm.train(tiny(tmp_path / "pendulum", total_timesteps=150))["run_dir"]
 
@@ -174,7 +173,7 @@ BAD_INPUTS = {
     "unknown env": (["--env-id", "NoSuchEnv-v9"], "unknown or unavailable environment 'NoSuchEnv-v9'"),
     "batch > buffer": (["--batch-size", "512", "--buffer-size", "256"], "--batch-size (512) cannot exceed --buffer-size (256)"),
     "missing resume": (["--resume", "/nonexistent/run"], "no checkpoint.pt there"),
-    "foreign checkpoint": (["--resume", make_foreign_checkpoint], "checkpoint is from 'sac_continuous', not gmm_density_matching"),
+    "foreign checkpoint": (["--resume", foreign_checkpoint("sac_continuous")], "checkpoint is from 'sac_continuous', not gmm_density_matching"),
     "other K checkpoint": (["--num-components", "2", "--resume", make_pendulum_run], "num_components (checkpoint 4, now 2)"),
 }
 

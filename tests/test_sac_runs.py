@@ -12,10 +12,21 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    REPO,
+    assert_bad_input_rejected,
+    assert_nan_stops_at_last_good_checkpoint,
+    assert_video_written,
+    flat_state,
+    foreign_checkpoint,
+    interrupt_then_resume,
+    loss_rows,
+    only_run_dir,
+    read_csv,
+    run_script,
+)
 
 import sac_continuous as sac
-from conftest import (REPO, assert_bad_input_rejected, assert_video_written, flat_state, interrupt_then_resume,
-                      loss_rows, only_run_dir, read_csv, run_script)
 
 
 def tiny(tmp_path, **overrides) -> sac.Args:
@@ -150,21 +161,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     """ScriptedNaN-v0 returns NaN rewards after 600 steps: the critic loss turns NaN, the run stops
     at the next check, and checkpoint.pt still holds the step-600 networks, all finite."""
     args = tiny(tmp_path, env_id="ScriptedNaN-v0", total_timesteps=2000, checkpoint_every=300, log_every=100)
-    with pytest.raises(sac.NonFiniteLossError, match="Last good checkpoint: .*step 600"):
-        sac.train(args)
-    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=False)
-    assert checkpoint["global_step"] == 600
-    for name, tensor in {**checkpoint["agent"]["actor"], **checkpoint["agent"]["critics"]}.items():
-        assert torch.isfinite(tensor).all(), name
+    assert_nan_stops_at_last_good_checkpoint(sac.train, sac.NonFiniteLossError, args, tmp_path)
 
 
 # ---- bad input: one clear line, exit 2, no run folder --------------------------------------------
-def make_foreign_checkpoint(tmp_path):
-    path = tmp_path / "foreign.pt"
-    torch.save({"algorithm": "posac_jko", "args": {}}, path)
-    return str(path)
-
-
 def make_pendulum_run(tmp_path):
     return sac.train(tiny(tmp_path / "pendulum", total_timesteps=150))["run_dir"]
 
@@ -177,7 +177,7 @@ BAD_INPUTS = {
     "negative steps": (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
     "redq one critic": (["--target-critic-backup-type", "redq", "--num-critic-networks", "1"], "needs --num-critic-networks >= 2"),
     "missing resume": (["--resume", "/nonexistent/run"], "no checkpoint.pt there"),
-    "foreign checkpoint": (["--resume", make_foreign_checkpoint], "checkpoint is from 'posac_jko', not sac_continuous"),
+    "foreign checkpoint": (["--resume", foreign_checkpoint("posac_jko")], "checkpoint is from 'posac_jko', not sac_continuous"),
     "other env checkpoint": (["--env-id", "MountainCarContinuous-v0", "--resume", make_pendulum_run], "incompatible arguments: env_id"),
 }
 
