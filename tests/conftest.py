@@ -172,3 +172,13 @@ def foreign_checkpoint(algorithm: str):
         torch.save({"algorithm": algorithm, "args": {}}, path)
         return str(path)
     return make
+
+
+# bad inputs every algorithm script rejects the same way (each test file adds its own knobs' cases)
+COMMON_BAD_INPUTS = {
+    "unknown env": (["--env-id", "NoSuchEnv-v9"], "unknown or unavailable environment 'NoSuchEnv-v9'"),
+    "discrete env": (["--env-id", "CartPole-v1"], "CartPole-v1 has a Discrete action space"),
+    "batch > buffer": (["--batch-size", "512", "--buffer-size", "256"],
+                       "--batch-size (512) cannot exceed --buffer-size (256)"),
+    "missing resume": (["--resume", "/nonexistent/run"], "no checkpoint.pt there"),
+}

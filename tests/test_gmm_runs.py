@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    COMMON_BAD_INPUTS,
     assert_bad_input_rejected,
     assert_nan_stops_at_last_good_checkpoint,
     assert_video_written,
@@ -162,6 +163,7 @@ def make_pendulum_run(tmp_path):
 
 
 BAD_INPUTS = {
+    **COMMON_BAD_INPUTS,
     "K < 1": (["--num-components", "0"], "--num-components (K) must be >= 1, got 0"),
     "M < 2": (["--num-action-samples", "1"], "--num-action-samples (M) must be >= 2"),
     "T = 0": (["--temperature", "0"], "--temperature (T) must be > 0, got 0.0"),
@@ -169,10 +171,6 @@ BAD_INPUTS = {
     "KL bound >= log M": (["--kl-bound", "5", "--num-action-samples", "32"], "--kl-bound must lie in (0, log M)"),
     "lambda >= 1": (["--entropy-coef", "1.0"], "--entropy-coef (lambda) must lie in [0, 1)"),
     "mix leaves no gaussian": (["--proposal", "mixed", "--proposal-mix", "1.0"], "--proposal-mix 1.0 with M = 32"),
-    "discrete env": (["--env-id", "CartPole-v1"], "CartPole-v1 has a Discrete action space"),
-    "unknown env": (["--env-id", "NoSuchEnv-v9"], "unknown or unavailable environment 'NoSuchEnv-v9'"),
-    "batch > buffer": (["--batch-size", "512", "--buffer-size", "256"], "--batch-size (512) cannot exceed --buffer-size (256)"),
-    "missing resume": (["--resume", "/nonexistent/run"], "no checkpoint.pt there"),
     "foreign checkpoint": (["--resume", foreign_checkpoint("sac_continuous")], "checkpoint is from 'sac_continuous', not gmm_density_matching"),
     "other K checkpoint": (["--num-components", "2", "--resume", make_pendulum_run], "num_components (checkpoint 4, now 2)"),
 }

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    COMMON_BAD_INPUTS,
     REPO,
     assert_bad_input_rejected,
     assert_nan_stops_at_last_good_checkpoint,
@@ -170,13 +171,10 @@ def make_pendulum_run(tmp_path):
 
 
 BAD_INPUTS = {
-    "unknown env": (["--env-id", "NoSuchEnv-v9"], "unknown or unavailable environment 'NoSuchEnv-v9'"),
-    "discrete env": (["--env-id", "CartPole-v1"], "CartPole-v1 has a Discrete action space"),
-    "batch > buffer": (["--batch-size", "512", "--buffer-size", "256"], "--batch-size (512) cannot exceed --buffer-size (256)"),
+    **COMMON_BAD_INPUTS,
     "zero hidden": (["--hidden-size", "0"], "--hidden-size must be positive"),
     "negative steps": (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
     "redq one critic": (["--target-critic-backup-type", "redq", "--num-critic-networks", "1"], "needs --num-critic-networks >= 2"),
-    "missing resume": (["--resume", "/nonexistent/run"], "no checkpoint.pt there"),
     "foreign checkpoint": (["--resume", foreign_checkpoint("posac_jko")], "checkpoint is from 'posac_jko', not sac_continuous"),
     "other env checkpoint": (["--env-id", "MountainCarContinuous-v0", "--resume", make_pendulum_run], "incompatible arguments: env_id"),
 }
