@@ -349,12 +349,14 @@ class CriticEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs [B, obs_dim], action [B, act_dim] -> Q values [N, B]."""
         x = torch.cat([obs, action], dim=-1).unsqueeze(0).expand(self.num_critics, -1, -1)
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if i < last:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            # in-place ReLU: baddbmm's backward does not need its output, so overwriting it saves
+            # one [N, B, hidden] allocation per layer
+            x = torch.baddbmm(bias, x, weight).relu_()
+        # the output layer has ONE column: a multiply-and-sum over the hidden units is the same
+        # dot product, and on the CPU several times faster than a batched matmul of width 1
+        out_weight, out_bias = self.weights[-1], self.biases[-1]  # [N, hidden, 1], [N, 1, 1]
+        return (x * out_weight.transpose(1, 2)).sum(-1) + out_bias.squeeze(-1)
 
 
 class Actor(nn.Module):
@@ -394,10 +396,22 @@ class Actor(nn.Module):
 
     def log_prob(self, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) for a = squash(u), eq. (1), summed over action dimensions -> [B]."""
-        gaussian = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return self.log_prob_from_noise((u - mean) / log_std.exp(), log_std, torch.tanh(u))
+
+    def log_prob_from_noise(self, z: torch.Tensor, log_std: torch.Tensor, tanh_u: torch.Tensor) -> torch.Tensor:
+        """eq. (1) given z = (u - mu) / sigma and tanh(u). For a reparametrized sample z IS the noise
+        eps, which saves three ops forward and backward; the gradient is the same (d/dtheta of
+        -z^2/2 along u = mu + sigma * eps is zero)."""
+        log_density = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         # change of variables: |da/du| = scale * (1 - tanh(u)^2); eps keeps log finite at |u|>>1
-        jacobian = torch.log(self.action_scale * (1 - torch.tanh(u).pow(2)) + 1e-6).sum(-1)
-        return gaussian - jacobian
+        log_density = log_density - torch.log(self.action_scale * (1 - tanh_u.pow(2)) + 1e-6)
+        return log_density.sum(-1)
+
+    def squash_and_log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, std: torch.Tensor,
+                            noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u = mu + sigma * eps -> (squash(u), log pi), with tanh(u) computed once for both."""
+        tanh_u = torch.tanh(mean + std * noise)
+        return tanh_u * self.action_scale + self.action_bias, self.log_prob_from_noise(noise, log_std, tanh_u)
 
     def sample_with_params(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -407,12 +421,19 @@ class Actor(nn.Module):
         mean, log_std = self.distribution_params(obs)
         std = log_std.exp()
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        u = mean + std * noise
-        return self.squash(u), self.log_prob(u, mean, log_std), mean, std
+        action, log_prob = self.squash_and_log_prob(mean, log_std, std, noise)
+        return action, log_prob, mean, std
 
     def sample(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a ~ pi(.|s); return (action, log pi(a|s)). The gradient flows through the action."""
         return self.sample_with_params(obs, generator)[:2]
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """A stochastic action for the env, without log pi (the collection loop needs no more).
+        Draws the same noise as `sample`, so the random stream is the same either way."""
+        mean, log_std = self.distribution_params(obs)
+        return self.squash(mean + log_std.exp() * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype))
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The evaluation action: squash(mu(s))."""
@@ -476,9 +497,9 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 
 @torch.no_grad()
 def update_target(source: nn.Module, target: nn.Module, tau: float) -> None:
-    """theta' <- (1 - tau) theta' + tau theta, eq. (9); tau = 1 is a hard copy."""
-    for p_target, p in zip(target.parameters(), source.parameters()):
-        p_target.lerp_(p, tau)
+    """theta' <- (1 - tau) theta' + tau theta, eq. (9); tau = 1 is a hard copy.
+    One multi-tensor lerp over all parameters instead of a Python loop of small ops."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 # =============================================================================================
@@ -848,8 +869,9 @@ class POSAC:
 
         self.critic_updates += 1
         update_target(self.critics, self.target_critics, args.tau)
-        per_critic = (q_values.detach() - target).pow(2).mean(dim=1)
-        return {"critic_loss": loss.detach(), "per_critic_loss": per_critic, "q_mean": q_values.detach().mean(dim=1)}
+        # the per-critic losses and mean Q are only logged every log_every steps: `loss_scalars`
+        # derives them from these two tensors then, instead of every update
+        return {"critic_loss": loss.detach(), "q_values": q_values.detach(), "td_target": target}
 
     def sample_all(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every actor's reparametrized action for the same states: (actions [N, B, A],
@@ -860,8 +882,9 @@ class POSAC:
         kernels than N calls of Actor.sample, and the same numbers: with N = 1 it is that call)."""
         mean, log_std = self.actor.split_params(torch.stack([actor.net(obs) for actor in self.actors]))
         std = log_std.exp()
-        u = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
-        return self.actor.squash(u), self.actor.log_prob(u, mean, log_std), mean, std
+        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+        actions, log_probs = self.actor.squash_and_log_prob(mean, log_std, std, noise)
+        return actions, log_probs, mean, std
 
     def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One gradient step of every actor, eqs. (5) and (6), then of the temperature loss (8)."""
@@ -1055,7 +1078,7 @@ def train(args: Args) -> dict:
                     actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
                 else:
                     with torch.no_grad():
-                        actions = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
+                        actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
                     actions = np.clip(actions.cpu().numpy(), low, high)  # float32 rounding at the bounds
                 next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
@@ -1145,8 +1168,9 @@ def train(args: Args) -> dict:
 def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, float]:
     """The CleanRL-named scalars of the latest update (the only place losses leave the device),
     plus one W2, entropy and loss per actor."""
-    per_critic = losses["per_critic_loss"].tolist()
-    q_means = losses["q_mean"].tolist()
+    q_values, target = losses["q_values"], losses["td_target"]
+    per_critic = (q_values - target).pow(2).mean(dim=1).tolist()
+    q_means = q_values.mean(dim=1).tolist()
     per_actor = losses["per_actor_loss"].tolist()
     entropies = losses["entropy"].tolist()
     scalars = {f"losses/qf{i + 1}_loss": value for i, value in enumerate(per_critic)}

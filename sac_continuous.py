@@ -310,12 +310,14 @@ class CriticEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs [B, obs_dim], action [B, act_dim] -> Q values [N, B]."""
         x = torch.cat([obs, action], dim=-1).unsqueeze(0).expand(self.num_critics, -1, -1)
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if i < last:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            # in-place ReLU: baddbmm's backward does not need its output, so overwriting it saves
+            # one [N, B, hidden] allocation per layer
+            x = torch.baddbmm(bias, x, weight).relu_()
+        # the output layer has ONE column: a multiply-and-sum over the hidden units is the same
+        # dot product, and on the CPU several times faster than a batched matmul of width 1
+        out_weight, out_bias = self.weights[-1], self.biases[-1]  # [N, hidden, 1], [N, 1, 1]
+        return (x * out_weight.transpose(1, 2)).sum(-1) + out_bias.squeeze(-1)
 
 
 class Actor(nn.Module):
@@ -359,13 +361,17 @@ class Actor(nn.Module):
 
     def log_prob(self, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) for a = squash(u), eq. (1), summed over action dimensions -> [B]."""
-        gaussian = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return self._log_prob((u - mean) / log_std.exp(), log_std, torch.tanh(u) if self.use_tanh else None)
+
+    def _log_prob(self, z: torch.Tensor, log_std: torch.Tensor, tanh_u: Optional[torch.Tensor]) -> torch.Tensor:
+        """eq. (1) given the standardised z = (u - mu) / sigma and tanh(u), which `sample` already has."""
+        log_density = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         if self.use_tanh:
             # change of variables: |da/du| = scale * (1 - tanh(u)^2); eps keeps log finite at |u|>>1
-            jacobian = torch.log(self.action_scale * (1 - torch.tanh(u).pow(2)) + 1e-6).sum(-1)
+            log_density = log_density - torch.log(self.action_scale * (1 - tanh_u.pow(2)) + 1e-6)
         else:
-            jacobian = torch.log(self.action_scale).sum(-1).expand_as(gaussian)
-        return gaussian - jacobian
+            log_density = log_density - torch.log(self.action_scale)
+        return log_density.sum(-1)
 
     def sample(self, obs: torch.Tensor, reparametrize: bool = True,
                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,9 +383,23 @@ class Actor(nn.Module):
         mean, log_std = self.distribution_params(obs)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         u = mean + log_std.exp() * noise
-        if not reparametrize:
+        if reparametrize:
+            # (u - mu) / sigma IS the noise: using it directly skips three ops forward and backward.
+            # The gradient is the same: d/dtheta of -z^2/2 along u = mu + sigma * eps is zero.
+            z = noise
+        else:
             u = u.detach()
-        return self.squash(u), self.log_prob(u, mean, log_std)
+            z = (u - mean) / log_std.exp()  # the score function needs z's dependence on mu, sigma
+        tanh_u = torch.tanh(u) if self.use_tanh else None
+        action = (tanh_u if self.use_tanh else u) * self.action_scale + self.action_bias
+        return action, self._log_prob(z, log_std, tanh_u)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """A stochastic action for the env, without log pi (the collection loop needs no more).
+        Draws the same noise as `sample`, so the random stream is the same either way."""
+        mean, log_std = self.distribution_params(obs)
+        return self.squash(mean + log_std.exp() * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype))
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The evaluation action: squash(mu(s))."""
@@ -437,9 +457,9 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 
 @torch.no_grad()
 def update_target(source: nn.Module, target: nn.Module, tau: float) -> None:
-    """theta' <- (1 - tau) theta' + tau theta, eq. (7); tau = 1 is a hard copy."""
-    for p_target, p in zip(target.parameters(), source.parameters()):
-        p_target.lerp_(p, tau)
+    """theta' <- (1 - tau) theta' + tau theta, eq. (7); tau = 1 is a hard copy.
+    One multi-tensor lerp over all parameters instead of a Python loop of small ops."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 # =============================================================================================
@@ -754,7 +774,8 @@ class SAC:
             next_q = self.target_critics(batch["next_obs"], next_actions)
             backup = backup_target_q(next_q, args.target_critic_backup_type, args.redq_subset_size,
                                      self.backup_generator)
-            target = td_target(batch["rewards"], batch["terminations"], backup, next_log_prob, self.alpha, args.gamma)
+            target = td_target(batch["rewards"], batch["terminations"], backup, next_log_prob, self.alpha,
+                               args.gamma)
         q_values = self.critics(batch["obs"], batch["actions"])
         loss = critic_loss(q_values, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -766,14 +787,17 @@ class SAC:
             update_target(self.critics, self.target_critics, args.tau)
         elif self.critic_updates % args.target_update_period == 0:
             update_target(self.critics, self.target_critics, 1.0)
-        per_critic = (q_values.detach() - target).pow(2).mean(dim=1)
-        return {"critic_loss": loss.detach(), "per_critic_loss": per_critic, "q_mean": q_values.detach().mean(dim=1)}
+        # the per-critic losses and mean Q are only logged every log_every steps: `loss_scalars`
+        # derives them from these two tensors then, instead of every update
+        return {"critic_loss": loss.detach(), "q_values": q_values.detach(), "td_target": target}
 
     def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One gradient step of eq. (4) or (5), then of the temperature loss (6)."""
         args = self.args
         # num_actor_samples actions per state: repeat each state that many times
-        obs = batch["obs"].repeat_interleave(args.num_actor_samples, dim=0)
+        obs = batch["obs"]
+        if args.num_actor_samples > 1:
+            obs = obs.repeat_interleave(args.num_actor_samples, dim=0)
         reparametrize = args.actor_gradient_type == "reparametrize"
         actions, log_prob = self.actor.sample(obs, reparametrize=reparametrize)
         # the critics are constants here: switching their grads off saves the backward pass into them
@@ -786,7 +810,7 @@ class SAC:
         loss.backward()
         self.actor_optimizer.step()
 
-        out = {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean()}
+        out = {"actor_loss": loss.detach(), "log_prob": log_prob.detach()}  # entropy: computed when logged
         if self.alpha_optimizer is not None and args.use_entropy_bonus:
             alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             self.alpha_optimizer.zero_grad(set_to_none=True)
@@ -936,7 +960,7 @@ def train(args: Args) -> dict:
                     actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
                 else:
                     with torch.no_grad():
-                        actions = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
+                        actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
                     actions = np.clip(actions.cpu().numpy(), low, high)  # a no-op with tanh; needed without
                 next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
@@ -1023,14 +1047,15 @@ def train(args: Args) -> dict:
 
 def loss_scalars(losses: dict[str, torch.Tensor], agent: SAC) -> dict[str, float]:
     """The CleanRL-named scalars of the latest update (the only place losses leave the device)."""
-    per_critic = losses["per_critic_loss"].tolist()
-    q_means = losses["q_mean"].tolist()
+    q_values, target = losses["q_values"], losses["td_target"]
+    per_critic = (q_values - target).pow(2).mean(dim=1).tolist()
+    q_means = q_values.mean(dim=1).tolist()
     scalars = {f"losses/qf{i + 1}_loss": value for i, value in enumerate(per_critic)}
     scalars.update({f"losses/qf{i + 1}_values": value for i, value in enumerate(q_means)})
     scalars["losses/qf_loss"] = float(losses["critic_loss"]) / len(per_critic)
     scalars["losses/actor_loss"] = float(losses["actor_loss"])
     scalars["losses/alpha"] = float(agent.alpha)
-    scalars["losses/entropy"] = float(losses["entropy"])
+    scalars["losses/entropy"] = -float(losses["log_prob"].mean())
     if "alpha_loss" in losses:
         scalars["losses/alpha_loss"] = float(losses["alpha_loss"])
     return scalars

@@ -30,6 +30,39 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions(low, high):
     torch.testing.assert_close(actor.squash(u), action)
 
 
+@pytest.mark.parametrize("use_tanh", [True, False])
+@pytest.mark.parametrize("reparametrize", [True, False])
+def test_sample_shortcut_equals_log_prob_of_the_drawn_action_with_the_same_gradient(use_tanh, reparametrize):
+    """`sample` reuses the noise as (u - mu) / sigma and tanh(u) for both outputs: its log pi and
+    the parameters' gradient must equal the plain formula's on the same u (float64)."""
+    actor = make_actor([-1.0, 0.0], [3.0, 10.0], use_tanh=use_tanh)
+    obs = torch.randn(32, 3, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(5)
+    action, log_prob = actor.sample(obs, reparametrize=reparametrize, generator=generator)
+    shortcut_grads = torch.autograd.grad((log_prob.sum() + action.sum()), list(actor.parameters()))
+
+    mean, log_std = actor.distribution_params(obs)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    u = mean + log_std.exp() * noise
+    if not reparametrize:
+        u = u.detach()
+    plain_log_prob = actor.log_prob(u, mean, log_std)
+    plain_grads = torch.autograd.grad((plain_log_prob.sum() + actor.squash(u).sum()), list(actor.parameters()))
+    torch.testing.assert_close(log_prob, plain_log_prob)
+    torch.testing.assert_close(action, actor.squash(u))
+    for shortcut, plain in zip(shortcut_grads, plain_grads):
+        torch.testing.assert_close(shortcut, plain)
+
+
+def test_act_draws_what_sample_draws():
+    actor = make_actor([-2.0, -0.4], [2.0, 0.4])
+    obs = torch.randn(4, 3, dtype=torch.float64)
+    torch.manual_seed(3)
+    sampled, _ = actor.sample(obs)
+    torch.manual_seed(3)
+    torch.testing.assert_close(actor.act(obs), sampled.detach())
+
+
 def test_actions_stay_in_asymmetric_box_and_centre_maps_to_bias():
     low, high = [-1.0, 0.0], [3.0, 10.0]
     actor = make_actor(low, high)
