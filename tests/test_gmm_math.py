@@ -1,6 +1,8 @@
 """gmm_density_matching.py, the math: each pure function against an independent computation."""
 
 import math
+import platform
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -188,6 +190,10 @@ def test_split_critic_forward_equals_the_concatenated_forward():
         torch.testing.assert_close(critics(obs, actions[:, i]), plain(obs, actions[:, i]), rtol=1e-12, atol=1e-12)
     # the two critics are independent networks
     assert not torch.allclose(many[0], many[1])
+    # in blocks of whole states (here 2 states = 8 rows, the last block holding one state) the
+    # pass computes the same numbers
+    torch.testing.assert_close(critics.forward_many(obs, actions, chunk_rows=8), many, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(critics.forward_many(obs, actions, chunk_rows=1), many, rtol=1e-12, atol=1e-12)
 
 
 def test_td_target_has_no_entropy_term_by_default():
@@ -195,3 +201,9 @@ def test_td_target_has_no_entropy_term_by_default():
     q, logp = torch.tensor([10.0, 10.0]), torch.tensor([-3.0, -3.0])
     torch.testing.assert_close(gmm.td_target(r, d, q, logp, gmm.Args().alpha, 0.9), torch.tensor([10.0, 1.0]))
     torch.testing.assert_close(gmm.td_target(r, d, q, logp, 0.5, 0.9), torch.tensor([1 + 0.9 * 11.5, 1.0]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="the malloc thresholds are a glibc setting")
+def test_malloc_thresholds_apply_on_glibc():
+    assert gmm.keep_freed_memory_in_process() is True
