@@ -417,22 +417,26 @@ class CriticEnsemble(nn.Module):
         n, hidden = self.num_critics, self.bias_first.shape[-1]
         states_per_block = max(1, chunk_rows // m)
         block_rows = min(b, states_per_block) * m
-        current = torch.empty(block_rows, hidden, device=obs.device, dtype=obs.dtype)
-        spare = torch.empty_like(current)
+        buffers = [torch.empty(block_rows, hidden, device=obs.device, dtype=obs.dtype) for _ in range(2)]
+        actions_2d = actions.reshape(b * m, a)
         values = torch.empty(n, b * m, device=obs.device, dtype=obs.dtype)
         for c in range(n):
-            state_half = torch.addmm(self.bias_first[c], obs, self.weight_state[c])  # [B, h], once per state
+            # this critic's weights, taken out of the stacked tensors once (not once per block)
+            weight_action, out_weight, out_values = self.weight_action[c], self.weights[-1][c, :, 0], values[c]
+            hidden_layers = [(weight[c], bias[c]) for weight, bias in zip(self.weights[:-1], self.biases[:-1])]
+            state_half = torch.addmm(self.bias_first[c], obs, self.weight_state[c]).unsqueeze(1)  # [B, 1, h]
             for first in range(0, b, states_per_block):
                 last = min(first + states_per_block, b)
-                rows = (last - first) * m
-                x = torch.mm(actions[first:last].reshape(rows, a), self.weight_action[c], out=current[:rows])
-                x.view(last - first, m, hidden).add_(state_half[first:last].unsqueeze(1))
+                rows = slice(first * m, last * m)
+                x, free = (buffers if last - first == states_per_block else
+                           [buffer[:(last - first) * m] for buffer in buffers])  # a shorter last block
+                x = torch.mm(actions_2d[rows], weight_action, out=x)
+                x.view(last - first, m, hidden).add_(state_half[first:last])
                 x.relu_()
-                free = spare[:rows]
-                for weight, bias in zip(self.weights[:-1], self.biases[:-1]):  # hidden -> hidden layers
-                    x, free = torch.addmm(bias[c], x, weight[c], out=free).relu_(), x
+                for weight, bias in hidden_layers:  # hidden -> hidden layers, ping-ponging the buffers
+                    x, free = torch.addmm(bias, x, weight, out=free).relu_(), x
                 # the output layer has one column: a matrix-vector product into the result
-                torch.mv(x, self.weights[-1][c, :, 0], out=values[c, first * m:last * m])
+                torch.mv(x, out_weight, out=out_values[rows])
         return values.add_(self.biases[-1].view(n, 1)).view(n, b, m)
 
 
