@@ -80,7 +80,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 
 ALGORITHM = "posac_jko"

@@ -59,7 +59,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 
 ALGORITHM = "sac_continuous"
