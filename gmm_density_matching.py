@@ -1307,17 +1307,24 @@ def strip_resume_flag(argv: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+def run_cli(args_type: type, train_function, program: str, description: str) -> None:
+    """Parse the command line into `args_type`, train, and exit with the code every script of this
+    project uses: 0 done, 1 stopped on a non-finite loss, 2 bad input (one `error:` line, before
+    any work), 130 interrupted by Ctrl-C / SIGTERM (after writing the checkpoint)."""
+    args = tyro.cli(args_type, description=description)
     try:
-        result = train(args)
+        result = train_function(args)
     except ConfigError as error:
-        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as error:
-        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(1)
     sys.exit(130 if result["interrupted"] else 0)
+
+
+def main() -> None:
+    run_cli(Args, train, f"{ALGORITHM}.py", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

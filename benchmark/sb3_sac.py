@@ -42,14 +42,13 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 
 # The bookkeeping every run of this project shares (errors, logging to TensorBoard/metrics.csv/
 # eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed,  # noqa: E402
-                            strip_resume_flag)
+                            run_cli, strip_resume_flag)
 
 ALGORITHM = "sb3_sac"
 
@@ -373,16 +372,7 @@ def train(args: Args) -> dict:
 
 
 def main() -> None:
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
-    try:
-        result = train(args)
-    except ConfigError as error:
-        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLossError as error:
-        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(130 if result["interrupted"] else 0)
+    run_cli(Args, train, f"{ALGORITHM}.py", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,48 @@ def assert_bad_input_rejected(script: str, cli: list, message: str, tmp_path) ->
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
     assert not out_dir.exists(), "no run folder may be created for bad input"
+
+
+def bad_input_test(script: str, table: dict):
+    """The parametrized test every script's module defines over its own table of bad inputs
+    (name -> (cli, message)): `test_bad_input_is_one_clear_error = bad_input_test(script, TABLE)`."""
+    @pytest.mark.parametrize("name", list(table))
+    def test_bad_input_is_one_clear_error(tmp_path, name):
+        cli, message = table[name]
+        assert_bad_input_rejected(script, cli, message, tmp_path)
+    return test_bad_input_is_one_clear_error
+
+
+def assert_episode_end_transitions_stored(run_dir: str, expect_termination: bool, episode_ends: int) -> None:
+    """Scripted env (obs = step count, episodes of 5 steps): the transition out of obs 4 must store
+    next_obs 5 (the true final state, not the next episode's reset obs 0) and d = termination;
+    the buffer must hold `episode_ends` such transitions."""
+    buffer = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["replay_buffer"]
+    obs, next_obs, done = buffer["obs"][:, 0], buffer["next_obs"][:, 0], buffer["terminations"]
+    assert torch.equal(next_obs, obs + 1), "next_obs must be the step after obs, also at episode ends"
+    last = obs == 4
+    assert last.sum() == episode_ends
+    assert (done[last] == float(expect_termination)).all() and (done[~last] == 0).all()
+
+
+def assert_same_seed_same_results(run_dirs: list[str]) -> None:
+    """run_dirs: two runs with one seed, then one with another. The first two must write identical
+    evaluations and losses; the third must differ."""
+    evals = [[(r["global_step"], r["mode"], r["mean_return"]) for r in read_csv(os.path.join(d, "eval.csv"))]
+             for d in run_dirs]
+    losses = [loss_rows(d) for d in run_dirs]
+    assert evals[0] == evals[1] and losses[0] == losses[1]
+    assert evals[0] != evals[2] and losses[0] != losses[2]
+
+
+def assert_resumed_to(run_dir: str, result: dict, total_timesteps: int) -> None:
+    """A run resumed with a larger budget continues in its own folder up to the new total, and no
+    evaluation row is written twice."""
+    assert result["run_dir"] == run_dir and result["global_step"] == total_timesteps
+    steps = [(r["global_step"], r["mode"]) for r in read_csv(os.path.join(run_dir, "eval.csv"))]
+    assert len(steps) == len(set(steps)) and (str(total_timesteps), "deterministic") in steps
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert json.load(f)["global_step"] == total_timesteps
 
 
 def interrupt_then_resume(script: str, cli: list[str], tmp_path, extra_steps: int = 100) -> None:

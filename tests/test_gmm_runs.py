@@ -11,13 +11,15 @@ import pytest
 import torch
 from conftest import (
     COMMON_BAD_INPUTS,
-    assert_bad_input_rejected,
+    assert_episode_end_transitions_stored,
     assert_nan_stops_at_last_good_checkpoint,
+    assert_resumed_to,
+    assert_same_seed_same_results,
     assert_video_written,
+    bad_input_test,
     flat_state,
     foreign_checkpoint,
     interrupt_then_resume,
-    loss_rows,
     only_run_dir,
     read_csv,
     run_script,
@@ -103,11 +105,7 @@ def test_headline_command_runs_on_humanoid_and_writes_every_output(tmp_path):
 def test_episode_end_transitions(tmp_path, env_id, expect_termination):
     args = tiny(tmp_path, env_id=env_id, total_timesteps=23, learning_starts=1000, eval_episodes=1)
     run_dir = gmm.train(args)["run_dir"]
-    buffer = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["replay_buffer"]
-    obs, next_obs, done = buffer["obs"][:, 0], buffer["next_obs"][:, 0], buffer["terminations"]
-    assert torch.equal(next_obs, obs + 1), "next_obs must be the step after obs, also at episode ends"
-    last = obs == 4
-    assert (done[last] == float(expect_termination)).all() and (done[~last] == 0).all()
+    assert_episode_end_transitions_stored(run_dir, expect_termination, episode_ends=4)  # 23 steps, 5 per episode
 
 
 # ---- reproducibility ------------------------------------------------------------------------------
@@ -115,10 +113,7 @@ def test_episode_end_transitions(tmp_path, env_id, expect_termination):
 def test_same_seed_same_results_other_seed_differs(tmp_path, proposal):
     runs = [gmm.train(tiny(tmp_path / str(i), seed=seed, proposal=proposal, eval_every=150,
                            total_timesteps=450))["run_dir"] for i, seed in enumerate([3, 3, 4])]
-    evals = [[(r["global_step"], r["mode"], r["mean_return"]) for r in read_csv(os.path.join(d, "eval.csv"))] for d in runs]
-    losses = [loss_rows(d) for d in runs]
-    assert evals[0] == evals[1] and losses[0] == losses[1]
-    assert evals[0] != evals[2] and losses[0] != losses[2]
+    assert_same_seed_same_results(runs)
 
 
 # ---- checkpoint and resume ------------------------------------------------------------------------
@@ -139,10 +134,7 @@ def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_pat
     args = tiny(tmp_path, total_timesteps=300, eval_every=100)
     run_dir = gmm.train(args)["run_dir"]
     result = gmm.train(dataclasses.replace(args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
-    assert result["run_dir"] == run_dir and result["global_step"] == 500
-    steps = [(r["global_step"], r["mode"]) for r in read_csv(os.path.join(run_dir, "eval.csv"))]
-    assert len(steps) == len(set(steps)) and ("500", "deterministic") in steps
-    assert json.load(open(os.path.join(run_dir, "summary.json")))["global_step"] == 500
+    assert_resumed_to(run_dir, result, 500)
 
 
 def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
@@ -176,10 +168,7 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_clear_error(tmp_path, name):
-    cli, message = BAD_INPUTS[name]
-    assert_bad_input_rejected("gmm_density_matching.py", cli, message, tmp_path)
+test_bad_input_is_one_clear_error = bad_input_test("gmm_density_matching.py", BAD_INPUTS)
 
 
 def test_capture_video_writes_mp4(tmp_path):

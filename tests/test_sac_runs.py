@@ -15,13 +15,15 @@ import torch
 from conftest import (
     COMMON_BAD_INPUTS,
     REPO,
-    assert_bad_input_rejected,
+    assert_episode_end_transitions_stored,
     assert_nan_stops_at_last_good_checkpoint,
+    assert_resumed_to,
+    assert_same_seed_same_results,
     assert_video_written,
+    bad_input_test,
     flat_state,
     foreign_checkpoint,
     interrupt_then_resume,
-    loss_rows,
     only_run_dir,
     read_csv,
     run_script,
@@ -85,26 +87,16 @@ def test_every_output_is_written(tmp_path):
 # ---- done-handling: terminations stop the bootstrap, truncations bootstrap from the final obs ---
 @pytest.mark.parametrize("env_id, expect_termination", [("ScriptedTruncate-v0", False), ("ScriptedTerminate-v0", True)])
 def test_episode_end_transitions(tmp_path, env_id, expect_termination):
-    """Scripted env: obs = step count, episodes of 5 steps. The transition out of obs 4 must store
-    next_obs 5 (the true final state, not the next episode's reset obs 0) and d = termination."""
     args = tiny(tmp_path, env_id=env_id, total_timesteps=23, learning_starts=1000, eval_episodes=1)
     run_dir = sac.train(args)["run_dir"]
-    buffer = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["replay_buffer"]
-    obs, next_obs, done = buffer["obs"][:, 0], buffer["next_obs"][:, 0], buffer["terminations"]
-    assert torch.equal(next_obs, obs + 1), "next_obs must be the step after obs, also at episode ends"
-    last = obs == 4
-    assert last.sum() == 4
-    assert (done[last] == float(expect_termination)).all() and (done[~last] == 0).all()
+    assert_episode_end_transitions_stored(run_dir, expect_termination, episode_ends=4)  # 23 steps, 5 per episode
 
 
 # ---- reproducibility ------------------------------------------------------------------------------
 def test_same_seed_same_results_other_seed_differs(tmp_path):
     runs = [sac.train(tiny(tmp_path / str(i), seed=seed, eval_every=150, total_timesteps=450))["run_dir"]
             for i, seed in enumerate([3, 3, 4])]
-    evals = [[(r["global_step"], r["mode"], r["mean_return"]) for r in read_csv(os.path.join(d, "eval.csv"))] for d in runs]
-    losses = [loss_rows(d) for d in runs]
-    assert evals[0] == evals[1] and losses[0] == losses[1]
-    assert evals[0] != evals[2] and losses[0] != losses[2]
+    assert_same_seed_same_results(runs)
 
 
 # ---- checkpoint and resume ------------------------------------------------------------------------
@@ -129,10 +121,7 @@ def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_pat
     args = tiny(tmp_path, total_timesteps=300, eval_every=100)
     run_dir = sac.train(args)["run_dir"]
     result = sac.train(dataclasses.replace(args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
-    assert result["run_dir"] == run_dir and result["global_step"] == 500
-    steps = [(r["global_step"], r["mode"]) for r in read_csv(os.path.join(run_dir, "eval.csv"))]
-    assert len(steps) == len(set(steps)) and ("500", "deterministic") in steps
-    assert json.load(open(os.path.join(run_dir, "summary.json")))["global_step"] == 500
+    assert_resumed_to(run_dir, result, 500)
 
 
 def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
@@ -180,10 +169,7 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_clear_error(tmp_path, name):
-    cli, message = BAD_INPUTS[name]
-    assert_bad_input_rejected("sac_continuous.py", cli, message, tmp_path)
+test_bad_input_is_one_clear_error = bad_input_test("sac_continuous.py", BAD_INPUTS)
 
 
 def test_cuda_flag_falls_back_to_cpu_with_a_notice(tmp_path):
