@@ -484,13 +484,14 @@ class GMMActor(nn.Module):
         eq. (4) needs log pi at given samples, never a path derivative through them.
         """
         log_w, mean, log_std = params
-        # k ~ Cat(w) by the Gumbel-max trick, argmax_k (log w_k + G_k): unlike torch.multinomial it
-        # never syncs with the host, and NaN weights give a NaN action (caught by the NaN check)
-        # instead of an exception
-        shape = (log_w.shape[0], num_samples, log_w.shape[1])
-        uniform = torch.rand(shape, generator=generator, device=log_w.device, dtype=log_w.dtype)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-        k = (log_w.unsqueeze(1) + gumbel).argmax(dim=-1)  # [B, M]
+        # k ~ Cat(w) by inverting the CDF: one uniform r per draw, k = #{k < K-1 : r > w_1+...+w_k}.
+        # Unlike torch.multinomial it never syncs with the host or raises on bad weights (NaN
+        # weights give k = 0, and the NaN reaches the losses, where the NaN check stops the run),
+        # and it needs one random number per draw where the Gumbel-max trick needs K
+        cumulative = log_w.exp().cumsum(dim=-1)[:, :-1]  # [B, K-1]; the last (=1) is never passed
+        uniform = torch.rand(log_w.shape[0], num_samples, 1, generator=generator, device=log_w.device,
+                             dtype=log_w.dtype)
+        k = (uniform > cumulative.unsqueeze(1)).sum(dim=-1)  # [B, M], in 0..K-1
         index = k.unsqueeze(-1).expand(-1, -1, self.action_dim)
         noise = torch.randn(index.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean.gather(1, index) + log_std.gather(1, index).exp() * noise
@@ -1046,13 +1047,12 @@ class GMMAgent:
         loss.backward()
         self.actor_optimizer.step()
 
-        with torch.no_grad():
-            log_w, _, log_std = params
-            return {"actor_loss": loss.detach(), "kl_loss": kl_loss.detach(), "entropy_reg": ent_loss.detach(),
-                    "ess": effective_sample_size(weights), "temperature": temperature.detach(),
-                    "mixture_entropy": -(log_w.exp() * log_w).sum(-1).mean(),
-                    "component_std": log_std.exp().mean(dim=(0, 2)),  # [K]
-                    "q_spread": q.std(dim=-1).mean()}
+        # the diagnostics (ESS, mixture entropy, component stds, Q spread) are only logged every
+        # log_every steps: `loss_scalars` derives them from these tensors then, not every update
+        log_w, _, log_std = params
+        return {"actor_loss": loss.detach(), "kl_loss": kl_loss.detach(), "entropy_reg": ent_loss.detach(),
+                "temperature": temperature.detach(), "weights": weights, "sample_q": q,
+                "log_w": log_w.detach(), "log_std": log_std.detach()}
 
     def state_dict(self) -> dict:
         return {"actor": self.actor.state_dict(), "critics": self.critics.state_dict(),
@@ -1286,10 +1286,12 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: GMMAgent) -> dict[str, 
     scalars["losses/actor_loss"] = float(losses["actor_loss"])
     scalars["losses/kl_loss"] = float(losses["kl_loss"])
     scalars["losses/entropy_reg"] = float(losses["entropy_reg"])
-    scalars["losses/ess"] = float(losses["ess"])
-    scalars["losses/mixture_entropy"] = float(losses["mixture_entropy"])
-    scalars.update({f"losses/component_std_{k}": value for k, value in enumerate(losses["component_std"].tolist())})
-    scalars["losses/q_spread"] = float(losses["q_spread"])
+    log_w, log_std = losses["log_w"], losses["log_std"]
+    scalars["losses/ess"] = float(effective_sample_size(losses["weights"]))
+    scalars["losses/mixture_entropy"] = float(-(log_w.exp() * log_w).sum(-1).mean())
+    component_std = log_std.exp().mean(dim=(0, 2))  # [K], averaged over states and action dims
+    scalars.update({f"losses/component_std_{k}": value for k, value in enumerate(component_std.tolist())})
+    scalars["losses/q_spread"] = float(losses["sample_q"].std(dim=-1).mean())  # Q's spread across the M samples
     scalars["losses/temperature"] = float(losses["temperature"])
     return scalars
 

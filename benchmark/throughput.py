@@ -5,11 +5,15 @@
 Every contender runs the same env with 256x256 networks, batch 256, one gradient step per env
 step and the same learning_starts (uniform random actions before it), on the CPU with
 --threads threads (OMP_NUM_THREADS / MKL_NUM_THREADS, default 2), one run at a time. Runs
-alternate (A B C A B C ...), so a slow spell of the machine hits every contender alike.
+alternate in rounds, the order reversed every other round (A B C, C B A, A B C ...), so a slow
+spell of the machine, or one that drifts during a round, hits every contender alike.
 Each run's train_sps comes from its summary.json (steps per second after learning_starts,
-evaluation excluded); the table shows the median over repeats, its range, the whole-run SPS, and
-the ratio of the median train_sps to sac_continuous.py's. Runs write into a temporary folder
-(or --output-dir) and use a single final evaluation episode.
+evaluation excluded); the table shows the median over repeats, its range, the whole-run SPS, the
+ratio of the median train_sps to sac_continuous.py's, and the paired ratio: each round's
+train_sps over sac_continuous.py's in the SAME round, median (min-max) over rounds. On a VM whose
+speed swings by a third within minutes (this one), the paired ratio is the steadier figure: runs
+a minute apart share the machine's mood, runs ten minutes apart need not. Runs write into a
+temporary folder (or --output-dir) and use a single final evaluation episode.
 """
 
 from __future__ import annotations
@@ -93,21 +97,32 @@ def run_once(cmd: list[str], threads: int, output_dir: str, env_id: str) -> dict
     return {"train_sps": summary["train_sps"], "sps": summary["sps"]}
 
 
+def paired_ratios(runs: list[dict], baseline_runs: list[dict]) -> list[float]:
+    """Round by round: this contender's train_sps over the baseline's in the same round."""
+    return [run["train_sps"] / base["train_sps"] for run, base in zip(runs, baseline_runs)]
+
+
 def table(results: dict[str, list[dict]], baseline: str = BASELINE) -> str:
-    """Markdown table: median train SPS (range), median SPS, ratio to the baseline's median."""
+    """Markdown table: median train SPS (range), median SPS, ratio of the medians to the
+    baseline's, and the median (range) of the per-round paired ratios."""
     medians = {label: statistics.median(r["train_sps"] for r in runs)
                for label, runs in results.items() if runs and all("error" not in r for r in runs)}
-    lines = ["| script | train SPS median (min-max) | SPS median | ratio to sac_continuous | runs |",
-             "|---|---|---|---|---|"]
+    lines = ["| script | train SPS median (min-max) | SPS median | ratio to sac_continuous | "
+             "paired ratio median (min-max) | runs |",
+             "|---|---|---|---|---|---|"]
     for label, runs in results.items():
         errors = [r["error"] for r in runs if "error" in r]
         if errors:
-            lines.append(f"| {label} | failed: {errors[0]} | - | - | {len(runs)} |")
+            lines.append(f"| {label} | failed: {errors[0]} | - | - | - | {len(runs)} |")
             continue
         train = [r["train_sps"] for r in runs]
-        ratio = f"{medians[label] / medians[baseline]:.2f}" if baseline in medians else "-"
+        ratio, paired = "-", "-"
+        if baseline in medians:
+            ratio = f"{medians[label] / medians[baseline]:.2f}"
+            rounds = paired_ratios(runs, results[baseline])
+            paired = f"{statistics.median(rounds):.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
         lines.append(f"| {label} | {medians[label]:.0f} ({min(train):.0f}-{max(train):.0f}) | "
-                     f"{statistics.median(r['sps'] for r in runs):.0f} | {ratio} | {len(runs)} |")
+                     f"{statistics.median(r['sps'] for r in runs):.0f} | {ratio} | {paired} | {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -119,7 +134,9 @@ def measure(args: Args) -> dict[str, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         output_dir = str(Path(args.output_dir or tmp).resolve())
         for repeat in range(args.repeats):
-            for label in args.contenders:  # alternate: one run of each contender per round
+            # one run of each contender per round, the order reversed every other round
+            order = args.contenders if repeat % 2 == 0 else args.contenders[::-1]
+            for label in order:
                 start = time.time()
                 outcome = run_once(command(args, label, output_dir, repeat), args.threads, output_dir, args.env_id)
                 results[label].append(outcome)

@@ -76,13 +76,19 @@ def test_actor_log_prob_includes_the_tanh_jacobian():
 
 
 def test_sampling_follows_the_mixture_weights_and_components():
-    actor = gmm.GMMActor(1, np.array([-1.0], np.float32), np.array([1.0], np.float32), 8, 1, num_components=2)
-    log_w = torch.log(torch.tensor([[0.8, 0.2]]))
-    mean = torch.tensor([[[-3.0], [3.0]]])
-    log_std = torch.log(torch.tensor([[[0.1], [0.1]]]))
-    u = actor.sample_u((log_w, mean, log_std), 20_000, torch.Generator().manual_seed(0)).view(-1)
-    assert abs(float((u < 0).float().mean()) - 0.8) < 0.015
-    assert abs(float(u[u < 0].mean()) + 3.0) < 0.01 and abs(float(u[u < 0].std()) - 0.1) < 0.01
+    """Three components far apart: the share of draws near each mean is its weight (within 4
+    binomial standard errors), and each cluster has its component's mean and std."""
+    actor = gmm.GMMActor(1, np.array([-1.0], np.float32), np.array([1.0], np.float32), 8, 1, num_components=3)
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    log_w = torch.log(weights).view(1, 3)
+    mean = torch.tensor([[[-6.0], [0.0], [6.0]]])
+    log_std = torch.log(torch.tensor([[[0.1], [0.2], [0.3]]]))
+    draws = 20_000
+    u = actor.sample_u((log_w, mean, log_std), draws, torch.Generator().manual_seed(0)).view(-1)
+    clusters = [u[u < -3], u[(u > -3) & (u < 3)], u[u > 3]]
+    for cluster, weight, mu, sigma in zip(clusters, weights.tolist(), [-6.0, 0.0, 6.0], [0.1, 0.2, 0.3]):
+        assert abs(len(cluster) / draws - weight) < 4 * (weight * (1 - weight) / draws) ** 0.5
+        assert abs(float(cluster.mean()) - mu) < 0.02 and abs(float(cluster.std()) - sigma) < 0.02
 
 
 def test_deterministic_action_is_the_heaviest_components_mean():

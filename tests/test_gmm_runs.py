@@ -180,20 +180,22 @@ def test_capture_video_writes_mp4(tmp_path):
 
 # ---- learning ---------------------------------------------------------------------------------------
 def test_learns_pendulum_with_the_defaults(tmp_path):
-    """The algorithm's defaults (K, M, proposal, temperature mode and KL bound, lambda, learning
-    rates, batch, gamma, tau) solve Pendulum-v1: deterministic evaluation >= -400 well within the
-    15,000-step budget. Only the cost is cut to keep the test quick: 64-unit layers instead of 256,
-    and learning from step 1,000 instead of 5,000 (6,000 steps in all, 5,000 updates)."""
+    """Every default (network size, K, M, proposal, temperature mode and KL bound, lambda, learning
+    rates, batch, buffer, learning starts, gamma, tau) solves Pendulum-v1: a deterministic
+    evaluation >= -400 within 15,000 steps. Only the evaluation schedule is set (every 1,000 steps,
+    5 episodes). To keep CI short the budget is spent in stages, each resuming the previous
+    checkpoint with a larger total: 9,000 steps first (measured on this 2-core VM: -245 at step
+    8,000, ~2.5 min), then 12,000 and 15,000 only if no evaluation has reached -400 yet."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    args = gmm.Args(env_id="Pendulum-v1", total_timesteps=6000, learning_starts=1000, random_steps=1000,
-                    hidden_size=64, eval_every=2000, eval_episodes=5, log_every=1000, checkpoint_every=100_000,
-                    output_dir=str(tmp_path))
-    defaults = gmm.Args()
-    for knob in ("num_components", "num_action_samples", "proposal", "importance_correction", "temperature_mode",
-                 "temperature", "kl_bound", "entropy_coef", "policy_lr", "q_lr", "batch_size", "gamma", "tau", "alpha"):
-        assert getattr(args, knob) == getattr(defaults, knob), knob
-    result = gmm.train(args)
-    evals = [(int(r["global_step"]), float(r["mean_return"])) for r in read_csv(os.path.join(result["run_dir"], "eval.csv"))
-             if r["mode"] == "deterministic"]
-    assert [step for step, _ in evals] == [2000, 4000, 6000]
+    evals, run_dir = [], None
+    for total in (9_000, 12_000, 15_000):
+        args = gmm.Args(env_id="Pendulum-v1", total_timesteps=total, eval_every=1_000, eval_episodes=5,
+                        output_dir=str(tmp_path), resume=run_dir)
+        result = gmm.train(args)
+        run_dir = result["run_dir"]
+        evals = [(int(r["global_step"]), float(r["mean_return"])) for r in read_csv(os.path.join(run_dir, "eval.csv"))
+                 if r["mode"] == "deterministic"]
+        assert evals[-1][0] == total
+        if max(ret for _, ret in evals) >= -400:
+            break
     assert max(ret for _, ret in evals) >= -400, f"deterministic evaluations: {evals}"

@@ -1,7 +1,10 @@
 """benchmark/throughput.py: every contender gets the same settings, and the table's medians and
 ratios are right (on synthetic results; the real measurement is the lead's long run)."""
 
-from benchmark.throughput import LABELS, Args, command, table
+import os
+
+import benchmark.throughput as throughput
+from benchmark.throughput import LABELS, Args, command, measure, table
 
 
 def flag(cmd, name):
@@ -28,6 +31,20 @@ def test_table_medians_and_ratios():
         "gmm_density_matching": [{"error": "exit 2: boom"}],
     }
     lines = table(results).splitlines()
-    assert lines[2] == "| sac_continuous | 100 (80-120) | 90 | 1.00 | 3 |"
-    assert lines[3] == "| sb3_sac | 55 (50-60) | 45 | 0.55 | 3 |"
-    assert lines[4] == "| gmm_density_matching | failed: exit 2: boom | - | - | 1 |"
+    # paired: 50/100, 60/120, 55/80 -> 0.50, 0.50, 0.69
+    assert lines[2] == "| sac_continuous | 100 (80-120) | 90 | 1.00 | 1.00 (1.00-1.00) | 3 |"
+    assert lines[3] == "| sb3_sac | 55 (50-60) | 45 | 0.55 | 0.50 (0.50-0.69) | 3 |"
+    assert lines[4] == "| gmm_density_matching | failed: exit 2: boom | - | - | - | 1 |"
+
+
+def test_rounds_alternate_and_reverse_their_order(monkeypatch, tmp_path):
+    order = []
+    label_of_script = {"sac_continuous.py": "sac_continuous", "sb3_sac.py": "sb3_sac"}
+
+    def fake_run_once(cmd, threads, output_dir, env_id):
+        order.append(label_of_script[os.path.basename(cmd[1])])
+        return {"train_sps": 1.0, "sps": 1.0}
+
+    monkeypatch.setattr(throughput, "run_once", fake_run_once)
+    measure(Args(repeats=3, contenders=["sac_continuous", "sb3_sac"], output_dir=str(tmp_path)))
+    assert order == ["sac_continuous", "sb3_sac", "sb3_sac", "sac_continuous", "sac_continuous", "sb3_sac"]
