@@ -484,7 +484,7 @@ class GMMActor(nn.Module):
         eq. (4) needs log pi at given samples, never a path derivative through them.
         """
         log_w, mean, log_std = params
-        # k ~ Cat(w) by inverting the CDF: one uniform r per draw, k = #{k < K-1 : r > w_1+...+w_k}.
+        # k ~ Cat(w) by inverting the CDF: one uniform r per draw, k = #{j < K-1 : r > w_0+...+w_j}.
         # Unlike torch.multinomial it never syncs with the host or raises on bad weights (NaN
         # weights give k = 0, and the NaN reaches the losses, where the NaN check stops the run),
         # and it needs one random number per draw where the Gumbel-max trick needs K
