@@ -58,7 +58,7 @@ Defaults, and why (measured; see the numbers below)
 ---------------------------------------------------
 K = 4 (--num-components): SAC-GMM's value (haarnoja/sac). Not tuned by RL runs here. Why K > 1 at
   all: on the two-peaked toy of benchmark/gmm_toy_density.py, K = 4 puts 50% / 48% of its sampled
-  mass within 0.2 of the two peaks, a single Gaussian (K = 1) only 22% / 21%.
+  mass within 0.2 of the two peaks, a single Gaussian (K = 1) only 22% / 22%.
 M = 32 (--num-action-samples): the issue's benchmark setting. The update's cost is linear in M (the
   M-sample critic pass dominates); with the default proposal ESS stayed at 17-19 of 32 on
   HalfCheetah, so most samples carry weight. Not tuned.
@@ -73,6 +73,10 @@ lambda = 0.01 (--entropy-coef): with the policy proposal the regulariser compoun
   learned; 0.01 is kept as a guard against the collapse a forward-KL fit to sharpened targets
   invites, at a cost that one seed could not separate from 0.
 The critic target has no entropy term (alpha = 0, as the source writes it).
+score_dtype = float32 (--score-dtype): float32 scores throughout. bfloat16 for the scoring
+  pass's hidden products is faster on some hardware only, and moves the weights p_i by a total
+  variation of about 2% on a trained Pendulum critic (benchmark/score_precision.py): an option for
+  speed on such hardware (README, Benchmarks), not a default whose results depend on the machine.
 
 What was run (CPU shared with other jobs, so short runs, ONE seed each; treat them as a sanity
 check of the defaults, not as a benchmark). HalfCheetah-v4, seed 1, 10,000 steps, learning from
@@ -223,6 +227,12 @@ class Args:
     kl_bound: float = 0.5
     """eps of eq. (7) with --temperature-mode kl: the mean KL(p || uniform) of the weights, in nats
     (must be below log M; 0 = uniform weights, log M = one-hot)"""
+    score_dtype: Literal["float32", "bfloat16"] = "float32"
+    """number format of the hidden-layer products in the M-sample scoring pass, the actor update's
+    main cost. bfloat16 rounds only each action's deviation from a per-state float32 reference to
+    8 significant bits (CriticEnsemble.forward_many); everything else stays float32. Faster on
+    hardware with bfloat16 matrix instructions (AVX512-BF16 or AMX CPUs, recent GPUs), slower where
+    bfloat16 is emulated. Opt-in: it moves the weights p_i slightly (README, Benchmarks)"""
     entropy_coef: Annotated[float, tyro.conf.arg(aliases=("--lambda",))] = 0.01
     """lambda of eq. (5), the weight of the std regulariser -sum_k w_k sum_j log sigma_kj; in [0, 1):
     for one Gaussian the fitted variance is the weighted sample variance times 1 / (1 - lambda);
@@ -396,7 +406,8 @@ class CriticEnsemble(nn.Module):
         return self._rest(x)
 
     @torch.no_grad()
-    def forward_many(self, obs: torch.Tensor, actions: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+    def forward_many(self, obs: torch.Tensor, actions: torch.Tensor, chunk_rows: int = 1024,
+                     matmul_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """obs [B, obs_dim], actions [B, M, act_dim] (M actions per state) -> Q values [N, B, M].
 
         Only used to score the M proposals (the weights p_i carry no gradient), hence no_grad and
@@ -412,29 +423,69 @@ class CriticEnsemble(nn.Module):
         every block in cache and reuses two small buffers; one 2-D matmul per critic and block runs
         faster here than a `baddbmm` over the stacked critics. Measured on Humanoid shapes, 2 threads:
         21-27 ms for the unblocked pass vs 18-20 ms blocked (and ~36 ms with fresh 8 MB tensors).
+
+        `matmul_dtype=torch.bfloat16` (`--score-dtype`; None keeps the input's dtype) runs the
+        hidden -> hidden products, nearly all of the pass's arithmetic, in bfloat16, but not on
+        the activations themselves. Each state gets a float32 reference: the critic's activations
+        r_k at the state's MEAN action (B rows, cheap). A layer's product is split as
+            relu(P) W + b = (relu(P) - r) W + (r W + b),
+        the second term exact in float32 and only the deviation relu(P) - r = max(P - r, -r)
+        rounded to bfloat16. The deviations are as small as the M actions are close, so the
+        rounding scales with the differences between the M scores, which is all the weights p_i
+        see, not with the size of Q. Measured during development with benchmark/score_precision.py
+        on trained Pendulum critics: rounding the activations themselves moved the weights by a
+        total variation of 0.22-0.29, this by 0.018-0.021 (tests/test_gmm_math.py shows the same
+        effect on a toy critic). The references cost one B-row float32 pass per critic.
         """
         b, m, a = actions.shape
         n, hidden = self.num_critics, self.bias_first.shape[-1]
+        matmul_dtype = matmul_dtype or obs.dtype
+        low_precision = matmul_dtype != obs.dtype
         states_per_block = max(1, chunk_rows // m)
         block_rows = min(b, states_per_block) * m
         buffers = [torch.empty(block_rows, hidden, device=obs.device, dtype=obs.dtype) for _ in range(2)]
+        if low_precision:  # a block's rounded deviations, and their product
+            low_buffers = [torch.empty(block_rows, hidden, device=obs.device, dtype=matmul_dtype) for _ in range(2)]
         actions_2d = actions.reshape(b * m, a)
         values = torch.empty(n, b * m, device=obs.device, dtype=obs.dtype)
         for c in range(n):
             # this critic's weights, taken out of the stacked tensors once (not once per block)
             weight_action, out_weight, out_values = self.weight_action[c], self.weights[-1][c, :, 0], values[c]
             hidden_layers = [(weight[c], bias[c]) for weight, bias in zip(self.weights[:-1], self.biases[:-1])]
-            state_half = torch.addmm(self.bias_first[c], obs, self.weight_state[c]).unsqueeze(1)  # [B, 1, h]
+            state_half = torch.addmm(self.bias_first[c], obs, self.weight_state[c])  # [B, h]
+            if low_precision:
+                # the references r_k, layer by layer, and what each block adds to its products
+                reference = (state_half + actions.mean(dim=1) @ weight_action).relu()  # r_0 [B, h]
+                first_offset = state_half - reference  # P_0 - r_0 = W_a a + (state half - r_0)
+                floors, offsets = [], []
+                for k, (weight, bias) in enumerate(hidden_layers):
+                    floors.append(-reference)
+                    pre_activation = torch.addmm(bias, reference, weight)  # r_k W_k + b_k
+                    reference = pre_activation.relu()  # r_{k+1}
+                    offsets.append(pre_activation if k == len(hidden_layers) - 1 else pre_activation - reference)
+                low_weights = [weight.to(matmul_dtype) for weight, _ in hidden_layers]
             for first in range(0, b, states_per_block):
                 last = min(first + states_per_block, b)
-                rows = slice(first * m, last * m)
+                rows, states = slice(first * m, last * m), slice(first, last)
                 x, free = (buffers if last - first == states_per_block else
                            [buffer[:(last - first) * m] for buffer in buffers])  # a shorter last block
                 x = torch.mm(actions_2d[rows], weight_action, out=x)
-                x.view(last - first, m, hidden).add_(state_half[first:last])
-                x.relu_()
-                for weight, bias in hidden_layers:  # hidden -> hidden layers, ping-ponging the buffers
-                    x, free = torch.addmm(bias, x, weight, out=free).relu_(), x
+                if not low_precision:
+                    x.view(last - first, m, hidden).add_(state_half[states, None]).relu_()
+                    for weight, bias in hidden_layers:  # hidden -> hidden layers, ping-ponging the buffers
+                        x, free = torch.addmm(bias, x, weight, out=free).relu_(), x
+                else:
+                    deviation, product = [buffer[:(last - first) * m].view(last - first, m, hidden)
+                                          for buffer in low_buffers]
+                    x.view(last - first, m, hidden).add_(first_offset[states, None])  # P_0 - r_0
+                    for k, weight_low in enumerate(low_weights):
+                        # relu(P_k) - r_k = max(P_k - r_k, -r_k), rounded to bfloat16 as it is stored
+                        torch.maximum(x.view(last - first, m, hidden), floors[k][states, None], out=deviation)
+                        torch.mm(deviation.view(-1, hidden), weight_low, out=product.view(-1, hidden))
+                        # + (r_k W_k + b_k) = P_{k+1} in float32; minus r_{k+1} except after the last
+                        torch.add(product, offsets[k][states, None], out=free.view(last - first, m, hidden))
+                        x, free = free, x
+                    x.relu_()
                 # the output layer has one column: a matrix-vector product into the result
                 torch.mv(x, out_weight, out=out_values[rows])
         return values.add_(self.biases[-1].view(n, 1)).view(n, b, m)
@@ -796,10 +847,6 @@ def resolve_checkpoint_path(resume: str) -> Optional[str]:
 
 # the args that fix the shapes and meaning of what a checkpoint holds: resuming with other
 # values would be a different run, so they must match
-
-
-# the args that fix the shapes and meaning of what a checkpoint holds: resuming with other
-# values would be a different run, so they must match
 RESUME_MUST_MATCH = ("env_id", "num_envs", "buffer_size", "hidden_size", "num_layers", "num_components",
                      "num_action_samples", "proposal", "importance_correction", "temperature_mode", "seed")
 
@@ -1034,7 +1081,8 @@ class GMMAgent:
         with torch.no_grad():
             u, log_q = self.propose(obs, params)  # eq. (2)
             # Q_i = min(Q_1, Q_2)(s, a_i): the M-sample critic pass, state half computed once (9)
-            q = self.critics.forward_many(obs, self.actor.squash(u)).min(dim=0).values  # [B, M]
+            q = self.critics.forward_many(obs, self.actor.squash(u), matmul_dtype=getattr(torch, args.score_dtype))
+            q = q.min(dim=0).values  # [B, M]
             # eq. (7); the KL bound measures the reweighting by exp(Q/T) alone, before any correction
             temperature = (kl_temperature(q, args.kl_bound) if args.temperature_mode == "kl"
                            else torch.tensor(args.temperature, device=obs.device))

@@ -43,6 +43,8 @@ def contenders(learning_starts: int) -> dict[str, tuple[str, list[str]]]:
     return {
         "sac_continuous": ("sac_continuous.py", ours + ["--num-critic-updates", "1"]),
         "gmm_density_matching": ("gmm_density_matching.py", ours + ["--num-critic-updates", "1"]),
+        "gmm_density_matching (bf16 scores)": ("gmm_density_matching.py", ours + ["--num-critic-updates", "1",
+                                                                                  "--score-dtype", "bfloat16"]),
         "posac_jko (1 actor)": ("posac_jko.py", ours + ["--updates-per-step", "1", "--num-actors", "1", "--w2-weights", "0.0"]),
         "posac_jko (2 actors)": ("posac_jko.py", ours + ["--updates-per-step", "1", "--num-actors", "2",
                                                           "--w2-weights", "0.0", "0.1"]),

@@ -14,7 +14,10 @@ Two tables, both on the CPU with --threads torch threads:
 2. With --actor-parts (gmm_density_matching only): the GMM actor update split into its parts
    (distribution parameters, proposals, the M-sample critic pass, the KL temperature, the weights,
    log pi and loss, backward and Adam), on the env's shapes with random replay data (the cost does
-   not depend on the values), --part-updates updates after 10 warm-up ones, median per part.
+   not depend on the values), --part-updates updates after 10 warm-up ones, median per part. The
+   same updates also time the M-sample pass with bfloat16 hidden products (`--score-dtype
+   bfloat16`), right after the float32 one on the same inputs: a side-by-side figure, not part of
+   the update's total.
 
 Timings on a shared VM drift; compare parts within one table, not across runs.
 """
@@ -120,6 +123,9 @@ def time_training_loop(args: Args, module) -> tuple[dict, Timers]:
     return result, timers
 
 
+BFLOAT16_PASS = "M-sample critic pass, bfloat16 products (beside, not in the total)"
+
+
 def time_gmm_actor_parts(args: Args, gmm) -> dict[str, float]:
     """Median ms per part of the GMM actor update, mirroring `GMMAgent.actor_step` step by step."""
     env = gym.make(args.env_id)
@@ -152,6 +158,8 @@ def time_gmm_actor_parts(args: Args, gmm) -> dict[str, float]:
             u, log_q = timed("proposals", lambda: agent.propose(obs, params))
             q = timed("M-sample critic pass", lambda: agent.critics.forward_many(obs, agent.actor.squash(u))
                       .min(dim=0).values)
+            timed(BFLOAT16_PASS, lambda: agent.critics.forward_many(obs, agent.actor.squash(u),
+                                                                    matmul_dtype=torch.bfloat16))
             temperature = timed("KL temperature", lambda: gmm.kl_temperature(q, run_args.kl_bound))
             weights = timed("Boltzmann weights", lambda: gmm.boltzmann_weights(q, temperature, log_q))
         loss = timed("log pi and loss", lambda: gmm.density_matching_loss(gmm.gmm_log_prob(u, *params), weights)
@@ -184,7 +192,7 @@ def main(args: Args) -> None:
         print("| part | ms |\n|---|---|")
         for label, ms in parts.items():
             print(f"| {label} | {ms:.2f} |")
-        print(f"| all parts | {sum(parts.values()):.2f} |")
+        print(f"| all parts | {sum(ms for label, ms in parts.items() if label != BFLOAT16_PASS):.2f} |")
 
 
 if __name__ == "__main__":

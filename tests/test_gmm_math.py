@@ -223,6 +223,71 @@ def test_split_critic_forward_equals_the_concatenated_forward():
     torch.testing.assert_close(critics.forward_many(obs, actions, chunk_rows=1), many, rtol=1e-12, atol=1e-12)
 
 
+def bfloat16_case(action_noise: float):
+    """A float32 critic with Q of a few hundred (as on a MuJoCo task), 10 states x 8 actions each
+    (action_noise: how far the 8 actions spread around each state's centre), its bfloat16 scores
+    (blocks of 3 states) and, in float64, the pieces of its exact forward."""
+    torch.manual_seed(1)
+    critics = gmm.CriticEnsemble(obs_dim=9, action_dim=3, hidden_size=64, num_layers=2)
+    with torch.no_grad():
+        critics.weights[-1].mul_(20.0)
+        critics.biases[-1].add_(300.0)
+    obs = torch.randn(10, 9)
+    actions = torch.tanh(torch.randn(10, 1, 3) + action_noise * torch.randn(10, 8, 3))
+    low = critics.forward_many(obs, actions, chunk_rows=24, matmul_dtype=torch.bfloat16).double()
+
+    c64 = {name: p.detach().double() for name, p in critics.named_parameters()}
+    first = torch.cat([c64["weight_state"], c64["weight_action"]], dim=1)  # [N, 12, h]
+
+    def first_layer(a):  # [10, k, 3] -> relu(first layer) [N, 10 * k, h]
+        x = torch.cat([obs.double().unsqueeze(1).expand(-1, a.shape[1], -1), a], -1).reshape(-1, 12)
+        return torch.relu(torch.baddbmm(c64["bias_first"], x.expand(2, -1, -1), first))
+
+    def output(hidden_pre_activation):  # [N, rows, h] -> Q [N, 10, 8]
+        return torch.baddbmm(c64["biases.1"], torch.relu(hidden_pre_activation), c64["weights.1"]).view(2, 10, 8)
+
+    h1 = first_layer(actions.double())
+    # the reference: the activations at each state's mean action, repeated for its 8 actions
+    reference = first_layer(actions.double().mean(1, keepdim=True)).repeat_interleave(8, dim=1)
+    exact = output(torch.baddbmm(c64["biases.0"], h1, c64["weights.0"]))
+    return low, exact, h1, reference, c64, output
+
+
+def test_bfloat16_scoring_stays_within_its_rounding_bound():
+    """--score-dtype bfloat16 against a float64 forward of the same float32 weights, entry by
+    entry, under the worst case of its rounding: the deviation h1 - r and the weights rounded
+    (relative 2^-9 each), the product rounded (2^-9), the reference term r W + b exact; then
+    through the 1-Lipschitz ReLU and the output weights."""
+    low, exact, h1, reference, c64, _ = bfloat16_case(action_noise=1.0)
+    unit = 2.0 ** -9
+    deviation = h1 - reference
+    product = torch.bmm(deviation, c64["weights.0"])
+    product_size = torch.bmm(deviation.abs(), c64["weights.0"].abs())  # sum_i |d_i W_ij|
+    hidden_error = 2 * unit * product_size + unit * product.abs() * (1 + 2 * unit) + 1e-4  # + float32 slack
+    bound = torch.bmm(hidden_error, c64["weights.1"].abs()).view(2, 10, 8)
+    error = (low - exact).abs()
+    assert (error <= bound).all(), (error / bound).max()
+    assert error.max() > 1e-3  # it did run in bfloat16: float32 alone is ~100x closer
+
+
+def test_bfloat16_scoring_rounds_only_the_deviations():
+    """With the 8 actions of a state close together (as a trained policy proposes them), Q differs
+    little across them: rounding the activations themselves to bfloat16 would blur those
+    differences; rounding only the deviations from the state's reference keeps them."""
+    low, exact, h1, _, c64, output = bfloat16_case(action_noise=0.05)
+
+    def bf16(t):
+        return t.to(torch.bfloat16).double()
+
+    rounding_activations = output(bf16(torch.bmm(bf16(h1), bf16(c64["weights.0"]))) + c64["biases.0"])
+    naive_error = (rounding_activations - exact).abs()
+    error = (low - exact).abs()
+    spread = exact.amax(-1) - exact.amin(-1)  # of Q over each state's 8 actions: what the weights see
+    assert error.max() < naive_error.max() / 5
+    assert (error.amax(-1) < 0.05 * spread).all(), (error.amax(-1) / spread).max()
+    assert (naive_error.amax(-1) > 0.1 * spread).any()  # the naive rounding is not harmless here
+
+
 def test_td_target_has_no_entropy_term_by_default():
     r, d = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
     q, logp = torch.tensor([10.0, 10.0]), torch.tensor([-3.0, -3.0])

@@ -52,7 +52,7 @@ def test_option_combinations_run(tmp_path, proposal, correction, temperature_mod
 
 @pytest.mark.parametrize("overrides", [
     {"num_components": 1}, {"alpha": 0.2}, {"entropy_coef": 0.0}, {"num_critic_updates": 2}, {"num_envs": 2, "total_timesteps": 500},
-    {"num_layers": 1, "hidden_size": 8},
+    {"num_layers": 1, "hidden_size": 8}, {"score_dtype": "bfloat16"},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_network_and_schedule_options_run(tmp_path, overrides):
     args = tiny(tmp_path, **overrides)

@@ -5,7 +5,12 @@ import gymnasium as gym
 
 import gmm_density_matching as gmm
 import sac_continuous as sac
-from benchmark.time_parts import Args, time_gmm_actor_parts, time_training_loop
+from benchmark.time_parts import (
+    BFLOAT16_PASS,
+    Args,
+    time_gmm_actor_parts,
+    time_training_loop,
+)
 
 
 def test_training_loop_parts_are_timed_and_the_timers_removed():
@@ -26,6 +31,6 @@ def test_training_loop_parts_are_timed_and_the_timers_removed():
 
 def test_gmm_actor_parts_cover_the_update():
     parts = time_gmm_actor_parts(Args(script="gmm_density_matching", env_id="Pendulum-v1", part_updates=2), gmm)
-    assert list(parts) == ["critic step", "distribution params", "proposals", "M-sample critic pass",
+    assert list(parts) == ["critic step", "distribution params", "proposals", "M-sample critic pass", BFLOAT16_PASS,
                            "KL temperature", "Boltzmann weights", "log pi and loss", "backward and Adam"]
     assert all(ms > 0 for ms in parts.values())
