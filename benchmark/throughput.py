@@ -100,31 +100,36 @@ def run_once(cmd: list[str], threads: int, output_dir: str, env_id: str) -> dict
 
 
 def paired_ratios(runs: list[dict], baseline_runs: list[dict]) -> list[float]:
-    """Round by round: this contender's train_sps over the baseline's in the same round."""
-    return [run["train_sps"] / base["train_sps"] for run, base in zip(runs, baseline_runs)]
+    """Round by round: this contender's train_sps over the baseline's in the same round (rounds
+    where either run failed are skipped)."""
+    return [run["train_sps"] / base["train_sps"] for run, base in zip(runs, baseline_runs)
+            if "error" not in run and "error" not in base]
 
 
 def table(results: dict[str, list[dict]], baseline: str = BASELINE) -> str:
     """Markdown table: median train SPS (range), median SPS, ratio of the medians to the
-    baseline's, and the median (range) of the per-round paired ratios."""
-    medians = {label: statistics.median(r["train_sps"] for r in runs)
-               for label, runs in results.items() if runs and all("error" not in r for r in runs)}
+    baseline's, and the median (range) of the per-round paired ratios, over the runs that
+    finished; a failed run (a crash, a full disk) is counted and its first error shown, and only
+    a contender with no finished run at all is reported as failed."""
+    finished = {label: [r for r in runs if "error" not in r] for label, runs in results.items()}
+    medians = {label: statistics.median(r["train_sps"] for r in runs) for label, runs in finished.items() if runs}
     lines = ["| script | train SPS median (min-max) | SPS median | ratio to sac_continuous | "
              "paired ratio median (min-max) | runs |",
              "|---|---|---|---|---|---|"]
     for label, runs in results.items():
         errors = [r["error"] for r in runs if "error" in r]
-        if errors:
+        if not finished[label]:
             lines.append(f"| {label} | failed: {errors[0]} | - | - | - | {len(runs)} |")
             continue
-        train = [r["train_sps"] for r in runs]
+        train = [r["train_sps"] for r in finished[label]]
         ratio, paired = "-", "-"
-        if baseline in medians:
+        rounds = paired_ratios(runs, results[baseline]) if baseline in medians else []
+        if rounds:
             ratio = f"{medians[label] / medians[baseline]:.2f}"
-            rounds = paired_ratios(runs, results[baseline])
             paired = f"{statistics.median(rounds):.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
+        count = f"{len(runs)}" if not errors else f"{len(train)} of {len(runs)} ({len(errors)} failed: {errors[0]})"
         lines.append(f"| {label} | {medians[label]:.0f} ({min(train):.0f}-{max(train):.0f}) | "
-                     f"{statistics.median(r['sps'] for r in runs):.0f} | {ratio} | {paired} | {len(runs)} |")
+                     f"{statistics.median(r['sps'] for r in finished[label]):.0f} | {ratio} | {paired} | {count} |")
     return "\n".join(lines)
 
 

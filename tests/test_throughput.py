@@ -37,6 +37,17 @@ def test_table_medians_and_ratios():
     assert lines[4] == "| gmm_density_matching | failed: exit 2: boom | - | - | - | 1 |"
 
 
+def test_table_keeps_the_finished_runs_of_a_contender_with_a_failed_run():
+    results = {
+        "sac_continuous": [{"train_sps": 100.0, "sps": 90.0}, {"error": "exit 1: disk full"}, {"train_sps": 80.0, "sps": 70.0}],
+        "sb3_sac": [{"train_sps": 50.0, "sps": 45.0}, {"train_sps": 60.0, "sps": 50.0}, {"error": "exit 1: boom"}],
+    }
+    lines = table(results).splitlines()
+    # medians over finished runs: sac 90, sb3 55; paired only in round 1 (both finished): 0.50
+    assert lines[2] == "| sac_continuous | 90 (80-100) | 80 | 1.00 | 1.00 (1.00-1.00) | 2 of 3 (1 failed: exit 1: disk full) |"
+    assert lines[3] == "| sb3_sac | 55 (50-60) | 48 | 0.61 | 0.50 (0.50-0.50) | 2 of 3 (1 failed: exit 1: boom) |"
+
+
 def test_rounds_alternate_and_reverse_their_order(monkeypatch, tmp_path):
     order = []
     label_of_script = {"sac_continuous.py": "sac_continuous", "sb3_sac.py": "sb3_sac"}
