@@ -432,10 +432,11 @@ class CriticEnsemble(nn.Module):
         the second term exact in float32 and only the deviation relu(P) - r = max(P - r, -r)
         rounded to bfloat16. The deviations are as small as the M actions are close, so the
         rounding scales with the differences between the M scores, which is all the weights p_i
-        see, not with the size of Q. Measured during development with benchmark/score_precision.py
-        on trained Pendulum critics: rounding the activations themselves moved the weights by a
-        total variation of 0.22-0.29, this by 0.018-0.021 (tests/test_gmm_math.py shows the same
-        effect on a toy critic). The references cost one B-row float32 pass per critic.
+        see, not with the size of Q. On trained Pendulum critics this moves the weights by a total
+        variation of about 0.02 (benchmark/results/score_precision_pendulum.txt); a development
+        version that rounded the activations themselves moved them by 0.22-0.29, and
+        tests/test_gmm_math.py shows that difference on a toy critic. The references cost one
+        B-row float32 pass per critic.
         """
         b, m, a = actions.shape
         n, hidden = self.num_critics, self.bias_first.shape[-1]

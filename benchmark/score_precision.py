@@ -47,8 +47,11 @@ def compare_scoring(checkpoint_path: str, num_states: int = 1024, seed: int = 0,
     path = gmm.resolve_checkpoint_path(checkpoint_path)
     if path is None:
         raise SystemExit(f"error: no checkpoint.pt at {checkpoint_path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("algorithm") != gmm.ALGORITHM:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise SystemExit(f"error: cannot read {path} ({error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != gmm.ALGORITHM:
         raise SystemExit(f"error: {path} is not a {gmm.ALGORITHM} checkpoint")
     args = gmm.Args(**checkpoint["args"])
     action_space = gmm.check_env(args.env_id)

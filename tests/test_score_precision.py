@@ -35,3 +35,9 @@ def test_bfloat16_moves_the_weights_a_little(trained_run):
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint.pt"):
         compare_scoring(str(tmp_path))
+
+
+def test_a_foreign_file_is_one_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot read"):
+        compare_scoring(str(tmp_path))
