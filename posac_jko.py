@@ -16,43 +16,33 @@ env's Box, d termination flag -- never truncation --, gamma discount, tau Polyak
       u ~ N(mu_i(s), diag sigma_i(s)^2),   a = tanh(u) * scale + bias,
       scale = (high - low) / 2,  bias = (high + low) / 2
       log pi_i(a|s) = log N(u; mu_i, sigma_i) - sum_j log(scale_j * (1 - tanh(u_j)^2) + eps)     (1)
-
   Critic target (twin critics, clipped double-Q; the next action comes from the ONLINE actor 0)
-      y = r + gamma * (1 - d) * ( min_k Q'_k(s', a'_0) - alpha * log pi_0(a'_0|s') ),
-      a'_0 ~ pi_0(.|s')                                                                          (2)
+      y = r + gamma * (1 - d) * ( min_k Q'_k(s', a'_0) - alpha * log pi_0(a'_0|s') ),  a'_0 ~ pi_0   (2)
       L_Q = sum_k mean_batch (Q_k(s, a) - y)^2                                                   (3)
-
   Closed-form W2 between diagonal Gaussians, on the pre-squash parameters
       W2^2(N(mu, sigma), N(mu', sigma')) = |mu - mu'|^2 + |sigma - sigma'|^2                      (4)
-      This is exact for the Gaussians over u. The map u -> tanh(u) * scale + bias is Lipschitz with
-      constant max_j scale_j (tanh is 1-Lipschitz), so on actions
-      W2(pi_i, pi_{i-1}) <= max_j scale_j * W2(u-Gaussians): eq. (4) is a pre-squash proximal term
-      that bounds the action-space distance from above; it is not the action-space W2 itself.
-
+      Exact for the Gaussians over u. u -> tanh(u) * scale + bias is max_j scale_j - Lipschitz, so
+      on actions W2(pi_i, pi_{i-1}) <= max_j scale_j * W2(u-Gaussians): eq. (4) is a pre-squash
+      proximal term that bounds the action-space distance from above, not that distance itself.
   Actors (reparametrized: a~_i = squash(mu_i + sigma_i * eps), eps ~ N(0, I))
       L_0 = E_s[ alpha * log pi_0(a~_0|s) - min_k Q_k(s, a~_0) ]                 (plain SAC)    (5)
       L_i = E_s[ -lambda_i * min_k Q_k(s, a~_i) + w_i * W2^2(pi_i(.|s), sg(pi_{i-1}(.|s)))
                  + alpha * log pi_i(a~_i|s) ],   i >= 1                                          (6)
-      lambda_i = lambda_q (fixed), or with --normalize-q (TD3+BC style)
-      lambda_i = lambda_q / sg(mean_batch |min_k Q_k(s, a~_i)|)                                   (7)
+      lambda_i = lambda_q, or with --normalize-q (TD3+BC style) lambda_q / sg(mean_batch |Q(s, a~_i)|) (7)
       The source writes "+ alpha * H(pi_i)"; minimising that would shrink the entropy. The SAC sign
       (+ alpha * log pi, i.e. maximise entropy) is what is meant and what is implemented.
       All N losses are summed into one backward pass: each actor's parameters only reach its own
       term (the predecessor is detached and the critics are frozen), so this equals N separate steps.
-
   Temperature (only with --autotune; fitted on actor 0, shared by every actor)
       L_alpha = -log_alpha * sg(log pi_0(a|s) + target_entropy),  target_entropy = -dim(A)        (8)
-
   Target critics
       theta' <- (1 - tau) theta' + tau theta   after every critic update                          (9)
 
 Sources: the POSAC document (POGO, "Policy Optimization as a Gradient Flow in Offline RL", carried
-to online SAC), Haarnoja et al. 2018 (arXiv:1801.01290, 1812.05905) for SAC; the layout, metric
-names and the tanh-Gaussian details follow this project's sac_continuous.py (CleanRL style).
-The source's option names are accepted: --env-name (= --env-id), --num-steps (= --total-timesteps),
---start-steps (= --learning-starts; the random-action phase follows it), --eval-freq (evaluation
-every that many training episodes, instead of --eval-every steps), --updates-per-step, --lr,
---automatic-entropy-tuning (= --autotune), and --w2-weights "0.0,0.1" as well as 0.0 0.1.
+to online SAC), Haarnoja et al. 2018 (arXiv:1801.01290, 1812.05905); layout, metric names and the
+tanh-Gaussian follow this project's sac_continuous.py. The source's options work too: --env-name,
+--num-steps, --start-steps, --eval-freq (in episodes), --updates-per-step, --lr,
+--automatic-entropy-tuning, and --w2-weights "0.0,0.1" as well as 0.0 0.1.
 
 Run it:
     python posac_jko.py --env-id Hopper-v4 --num-actors 2 --w2-weights 0.0 0.1
@@ -65,15 +55,8 @@ Run it:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import random
-import signal
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
 import gymnasium as gym
@@ -91,54 +74,15 @@ NUM_CRITICS = 2  # twin critics, clipped double-Q (the source's QNetwork has two
 # =============================================================================================
 @dataclass
 class Args:
-    # ---- experiment ----------------------------------------------------------------------
-    exp_name: str = "posac_jko"
-    """name of this experiment; the run folder is {env_id}__{exp_name}__{seed}__{unix_time}"""
-    seed: int = 123456
-    """seed of the experiment (torch, numpy, python, replay sampling and the environments);
-    the source's default"""
-    torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic`; on CPU results are bit-identical for a seed anyway"""
-    cuda: bool = False
-    """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
-    track: bool = False
-    """mirror the TensorBoard metrics to Weights & Biases"""
-    wandb_project_name: str = "continuous-control-references"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team); None uses your default"""
-    capture_video: bool = False
-    """record the first deterministic evaluation episode of each actor at each evaluation to
-    `videos/` (needs moviepy; MuJoCo renders headless with MUJOCO_GL=osmesa)"""
-    output_dir: str = "runs"
-    """where run folders are created"""
-    resume: Optional[str] = None
-    """a run folder or its checkpoint.pt: continue that run (every actor, the critics, every
-    optimizer, alpha, the replay buffer, RNG states and counters are restored; the environment
-    cannot be saved, so the episode that was running when the checkpoint was written restarts from
-    a fresh reset). The other arguments must describe the same run (same env, actors, W2 weights,
-    network and buffer shapes); `--total-timesteps` may be raised to train further."""
-    checkpoint_every: int = 50_000
-    """write checkpoint.pt every this many env steps (and always at the end and on Ctrl-C)"""
-
-    # ---- environment ---------------------------------------------------------------------
+    # ---- environment and budget ---------------------------------------------------------------
     env_id: Annotated[str, tyro.conf.arg(aliases=("--env-name",))] = "Humanoid-v5"
     """the gymnasium environment id (any env with a Box action space); the source's --env-name"""
     total_timesteps: Annotated[int, tyro.conf.arg(aliases=("--num-steps",))] = 1_000_000
     """total environment steps (summed over the vectorized environments); the source's --num-steps"""
     num_envs: int = 1
-    """parallel environments for data collection (one training iteration per vector step, as in
-    CleanRL and SB3: with N envs the update-to-data ratio is updates_per_step / N)"""
-    eval_every: int = 10_000
-    """evaluate every this many env steps (0: only the final evaluation); ignored with --eval-freq"""
-    eval_freq_episodes: Annotated[Optional[int], tyro.conf.arg(aliases=("--eval-freq",))] = None
-    """the source's --eval-freq: evaluate every this many finished training episodes (the source
-    uses 10) instead of every --eval-every steps"""
-    eval_episodes: int = 10
-    """episodes per evaluation, per actor, run once deterministically (tanh(mu)) and once
-    stochastically"""
+    """parallel envs for data collection (one training iteration per vector step, as in CleanRL)"""
 
-    # ---- algorithm: replay and schedule ---------------------------------------------------
+    # ---- algorithm: replay, schedule and critics -------------------------------------------
     buffer_size: int = 1_000_000
     """replay buffer capacity (transitions)"""
     batch_size: int = 256
@@ -146,14 +90,11 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     learning_starts: Annotated[int, tyro.conf.arg(aliases=("--start-steps",))] = 10_000
-    """env steps before the first gradient update; the source's --start-steps, which also ends the
-    uniformly random actions (see --random-steps)"""
+    """env steps before the first gradient update (the source's --start-steps; see --random-steps)"""
     random_steps: Optional[int] = None
-    """env steps taken with uniformly random actions before actor 0 acts (None: the same as
-    --learning-starts, as the source's start_steps does both)"""
+    """env steps of uniformly random actions before actor 0 acts (None: --learning-starts, as in the source)"""
     updates_per_step: int = 1
-    """gradient updates per env step (per vector step); each update is one critic step, eq. (3),
-    then one step of every actor, eqs. (5)-(6), on the same batch (the source's updates_per_step)"""
+    """gradient updates per (vector) env step, each a critic step (3) and every actor's step (5)-(6)"""
     lr: float = 3e-4
     """learning rate of the critics, of every actor and of the temperature (the source's single lr)"""
     tau: float = 0.005
@@ -163,13 +104,11 @@ class Args:
     num_actors: int = 1
     """N actors in the JKO chain; actor 0 is plain SAC and collects the data. 1 = plain SAC"""
     w2_weights: Annotated[tuple[Union[float, str], ...], tyro.conf.arg(metavar="W [W ...]")] = (0.0,)
-    """one W2 weight w_i per actor, eq. (6); w_0 must be 0 (actor 0 has no predecessor). Give them
-    as separate numbers (0.0 0.1) or, as the source does, one comma-separated string ("0.0,0.1")"""
+    """one W2 weight per actor, eq. (6), w_0 = 0: as numbers (0.0 0.1) or the source's "0.0,0.1" """
     lambda_q: float = 1.0
     """lambda in eq. (6): weight of the Q term of actors i >= 1 (actor 0 keeps the plain SAC loss)"""
     normalize_q: bool = False
-    """TD3+BC-style normalisation, eq. (7): lambda_i = lambda_q / mean|Q(s, a~_i)| (detached, per
-    batch and per actor), so w_i means the same whatever the scale of the returns"""
+    """eq. (7), TD3+BC style: lambda_i = lambda_q / sg(mean|Q(s, a~_i)|), so w_i means the same at any return scale"""
     hidden_size: int = 256
     """width of every hidden layer (actors and critics)"""
     num_layers: int = 2
@@ -181,21 +120,55 @@ class Args:
 
     # ---- algorithm: entropy ------------------------------------------------------------------
     alpha: float = 0.2
-    """entropy temperature, fixed unless --autotune (the source's default 0.2)"""
+    """the fixed entropy temperature (the source's 0.2); NOT used with --autotune (alpha starts at 1)"""
     autotune: Annotated[bool, tyro.conf.arg(aliases=("--automatic-entropy-tuning",))] = False
     """tune alpha by eq. (8) on actor 0 (off in the source); autotuning starts from alpha = 1"""
 
-    # ---- logging & outputs -----------------------------------------------------------------
+    # ---- run, evaluation and outputs ---------------------------------------------------
+    exp_name: str = "posac_jko"
+    """name of this experiment; the run folder is {env_id}__{exp_name}__{seed}__{unix_time}"""
+    seed: int = 123456
+    """seed of the experiment (torch, numpy, python, replay sampling, environments); the source's default"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`; on CPU results are bit-identical for a seed anyway"""
+    cuda: bool = False
+    """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
+    track: bool = False
+    """mirror the TensorBoard metrics to Weights & Biases"""
+    wandb_project_name: str = "continuous-control-references"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team); None uses your default"""
+    capture_video: bool = False
+    """film each actor's first deterministic evaluation episode to `videos/` (checked before training)"""
+    output_dir: str = "runs"
+    """where run folders are created"""
+    resume: Optional[str] = None
+    """a run folder or its checkpoint.pt: continue that run exactly (the running episode restarts from a
+    reset); the other args must describe the same run, but --total-timesteps may grow"""
+    checkpoint_every: int = 50_000
+    """write checkpoint.pt every this many env steps (and always at the end and on Ctrl-C)"""
+    evaluate: Optional[str] = None
+    """a run folder: play its latest checkpoint instead of training (README, --evaluate)"""
+    config: Annotated[Optional[str], tyro.conf.arg(aliases=("-cfg",))] = None
+    """a YAML file of defaults (the command line wins): field names or CONFIG_KEYS' source names"""
+    eval_every: int = 10_000
+    """evaluate every this many env steps (0: only the final evaluation); ignored with --eval-freq"""
+    eval_freq_episodes: Annotated[Optional[int], tyro.conf.arg(aliases=("--eval-freq",))] = None
+    """the source's --eval-freq (it uses 10): evaluate every this many training episodes, not --eval-every"""
+    eval_episodes: int = 10
+    """episodes per evaluation, per actor, run once deterministically (tanh(mu)), once stochastically"""
     log_every: int = 1000
     """write losses to TensorBoard/metrics.csv and print the progress line every this many steps"""
 
 
-class ConfigError(ValueError):
-    """Bad input: reported as one line before any work starts."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite: the run stops, the last good checkpoint stays on disk."""
+# what fixes the shapes and meaning of a checkpoint: --resume insists they match (else another run)
+RESUME_MUST_MATCH = ("env_id", "num_envs", "buffer_size", "hidden_size", "num_layers", "num_actors", "w2_weights",
+                     "lambda_q", "normalize_q", "autotune", "seed")
+PER_ACTOR_EVALUATION = True  # every actor: the source's printout, eval/actor_{i}/ tags, eval_actor_{i}.npy
+CONFIG_BASE = "posac"  # --config: the source's key names -> (this script's field, implied settings)
+CONFIG_KEYS = {"env_name": ("env_id", {}), "num_steps": ("total_timesteps", {}), "start_steps": ("learning_starts", {}),
+               "eval_freq": ("eval_freq_episodes", {}), "automatic_entropy_tuning": ("autotune", {})}
 
 
 def parse_w2_weights(values) -> tuple[float, ...]:
@@ -218,29 +191,11 @@ def parse_w2_weights(values) -> tuple[float, ...]:
 
 def validate_args(args: Args) -> gym.spaces.Box:
     """Check every argument and the environment before any work; return the env's action space.
-
-    Also fills in the derived values, so that args.json records what the run really used:
-    `w2_weights` becomes a tuple of floats and `random_steps` = `learning_starts` when not given.
-    Raises ConfigError with a one-line message naming what is wrong.
-    """
-    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "num_actors",
-                "updates_per_step", "hidden_size", "num_layers", "checkpoint_every", "log_every"]
-    for name in positive:
+    Fills in derived values, so args.json records what the run used: `w2_weights` as floats and
+    `random_steps` = `learning_starts` when not given. Raises ConfigError (Appendix A)."""
+    for name in ["num_actors", "updates_per_step"]:
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.random_steps is None:
-        args.random_steps = args.learning_starts
-    for name in ["eval_every", "learning_starts", "random_steps"]:
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.eval_freq_episodes is not None and args.eval_freq_episodes <= 0:
-        raise ConfigError(f"--eval-freq must be positive (training episodes), got {args.eval_freq_episodes}")
-    if args.batch_size > args.buffer_size:
-        raise ConfigError(f"--batch-size ({args.batch_size}) cannot exceed --buffer-size ({args.buffer_size})")
-    if not 0.0 <= args.gamma <= 1.0:
-        raise ConfigError(f"--gamma must lie in [0, 1], got {args.gamma}")
-    if not 0.0 < args.tau <= 1.0:
-        raise ConfigError(f"--tau must lie in (0, 1], got {args.tau}")
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
     if args.alpha < 0:
@@ -249,7 +204,10 @@ def validate_args(args: Args) -> gym.spaces.Box:
         raise ConfigError(f"--lambda-q must be a positive number, got {args.lambda_q}")
     if args.log_std_min >= args.log_std_max:
         raise ConfigError("--log-std-min must be smaller than --log-std-max")
-
+    if args.eval_freq_episodes is not None and args.eval_freq_episodes <= 0:
+        raise ConfigError(f"--eval-freq must be positive (training episodes), got {args.eval_freq_episodes}")
+    if args.random_steps is None:  # before the common checks, which test random_steps >= 0
+        args.random_steps = args.learning_starts
     # ---- the JKO chain: one W2 weight per actor, the first 0, none negative ----------------
     weights = parse_w2_weights(args.w2_weights)
     n = args.num_actors
@@ -266,41 +224,19 @@ def validate_args(args: Args) -> gym.spaces.Box:
         raise ConfigError(f"--w2-weights: w_0 must be 0 (actor 0 is the plain SAC actor and has no predecessor), "
                           f"got {weights[0]}")
     args.w2_weights = weights
-    if args.resume is not None and resolve_checkpoint_path(args.resume) is None:
-        raise ConfigError(f"--resume {args.resume}: no checkpoint.pt there")
-    return check_env(args.env_id)
-
-
-def check_env(env_id: str) -> gym.spaces.Box:
-    """Make the env once to check it exists and has a bounded Box action space."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as error:  # NameNotFound, VersionNotFound, DependencyNotInstalled, ...
-        raise ConfigError(f"unknown or unavailable environment '{env_id}': {error}") from None
-    space = env.action_space
-    env.close()
-    if not isinstance(space, gym.spaces.Box):
-        raise ConfigError(f"{env_id} has a {type(space).__name__} action space ({space}); "
-                          "POSAC needs a continuous gymnasium.spaces.Box")
-    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-        raise ConfigError(f"{env_id} has an unbounded action space ({space}); the policies are "
-                          "squashed into [low, high], so both bounds must be finite")
-    return space
+    return validate_common_args(args)  # sizes, schedule, gamma, tau, --resume, the env (Appendix A)
 
 
 # =============================================================================================
 # Environment
 # =============================================================================================
 def make_env(env_id: str, seed: int, video_folder: Optional[str] = None):
-    """A thunk for gym.vector: the env with episode statistics (and optional video), seeded.
-
-    The env is seeded at its first reset by the vector env (`envs.reset(seed=...)`); the action
-    space is seeded here so anything sampling from it is reproducible too.
-    """
+    """A thunk for gym.vector: the env with episode statistics (and optional video), seeded."""
 
     def thunk():
         if video_folder is not None:
             env = gym.make(env_id, render_mode="rgb_array")
+            # the evaluation runs 2 * eval_episodes episodes per actor; film the first of each
             env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda ep: True,
                                            disable_logger=True)
         else:
@@ -312,8 +248,19 @@ def make_env(env_id: str, seed: int, video_folder: Optional[str] = None):
     return thunk
 
 
+def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """The state each env really reached. With SAME_STEP autoreset an env whose episode just ended
+    was already reset: `next_obs` is the NEW episode's first observation, the last is in
+    infos["final_obs"]. A truncated episode bootstraps from it, eq. (2); a terminated one not (d = 1)."""
+    real_next_obs = next_obs.copy()
+    if "_final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            real_next_obs[i] = infos["final_obs"][i]
+    return real_next_obs
+
+
 # =============================================================================================
-# ALGO LOGIC: networks and losses
+# Networks (the policies of eq. (1) and the critics)
 # =============================================================================================
 def mlp(in_dim: int, out_dim: int, hidden_size: int, num_layers: int) -> nn.Sequential:
     """in -> [Linear, ReLU] * num_layers -> Linear out."""
@@ -326,13 +273,10 @@ def mlp(in_dim: int, out_dim: int, hidden_size: int, num_layers: int) -> nn.Sequ
 
 
 class CriticEnsemble(nn.Module):
-    """N independent Q(s, a) MLPs evaluated as ONE batched matmul per layer.
-
-    Layer l of all N critics is a weight tensor [N, in, out]; `torch.baddbmm` applies the N layers
-    to N copies of the batch at once. This computes exactly what N separate nn.Linear stacks would
-    (same initialisation law, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as nn.Linear), but with one
-    kernel launch per layer instead of N -- the "fused critics" of LeanRL. POSAC uses N = 2.
-    """
+    """N independent Q(s, a) MLPs evaluated as ONE batched matmul per layer (N = 2 here).
+    Fast path: layer l of all N critics is one [N, in, out] tensor and `torch.baddbmm` applies them
+    at once -- exactly what N separate nn.Linear stacks compute (same U(-1/sqrt(fan_in), ..) init),
+    with one kernel launch per layer instead of N (the "fused critics" of LeanRL)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, num_critics: int):
         super().__init__()
@@ -359,12 +303,9 @@ class CriticEnsemble(nn.Module):
 
 
 class Actor(nn.Module):
-    """Gaussian policy over u, squashed by tanh into the env's box, eq. (1) -- the same network
-    (and parameter names) as sac_continuous.py's Actor with its default options.
-
-    The action scale and bias are buffers, so they move with `.to(device)` and are saved in the
-    checkpoint; asymmetric and offset boxes (low != -high) are handled by the same formula.
-    """
+    """Gaussian policy over u, squashed by tanh into the env's box, eq. (1) -- the network (and
+    parameter names) of sac_continuous.py's Actor with its default options. Scale and bias are
+    buffers: they move with `.to(device)` and are checkpointed; any box (low != -high) works."""
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_size: int,
                  num_layers: int, log_std_min: float = -5.0, log_std_max: float = 2.0):
@@ -393,14 +334,10 @@ class Actor(nn.Module):
         """a = tanh(u) * scale + bias."""
         return torch.tanh(u) * self.action_scale + self.action_bias
 
-    def log_prob(self, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-        """log pi(a|s) for a = squash(u), eq. (1), summed over action dimensions -> [B]."""
-        return self.log_prob_from_noise((u - mean) / log_std.exp(), log_std, torch.tanh(u))
-
     def log_prob_from_noise(self, z: torch.Tensor, log_std: torch.Tensor, tanh_u: torch.Tensor) -> torch.Tensor:
-        """eq. (1) given z = (u - mu) / sigma and tanh(u). For a reparametrized sample z IS the noise
-        eps, which saves three ops forward and backward; the gradient is the same (d/dtheta of
-        -z^2/2 along u = mu + sigma * eps is zero)."""
+        """log pi(a|s), eq. (1), summed over action dimensions -> [B], given z = (u - mu) / sigma and
+        tanh(u). For a reparametrized sample z IS the noise eps, which saves three ops forward and
+        backward; the gradient is the same (d/dtheta of -z^2/2 along u = mu + sigma * eps is zero)."""
         log_density = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         # change of variables: |da/du| = scale * (1 - tanh(u)^2); eps keeps log finite at |u|>>1
         log_density = log_density - torch.log(self.action_scale * (1 - tanh_u.pow(2)) + 1e-6)
@@ -412,49 +349,30 @@ class Actor(nn.Module):
         tanh_u = torch.tanh(mean + std * noise)
         return tanh_u * self.action_scale + self.action_bias, self.log_prob_from_noise(noise, log_std, tanh_u)
 
-    def sample_with_params(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw a ~ pi(.|s) by reparametrization; return (action, log pi(a|s), mu, sigma).
-
-        mu and sigma (pre-squash) are what the closed-form W2 of eq. (4) needs."""
-        mean, log_std = self.distribution_params(obs)
-        std = log_std.exp()
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        action, log_prob = self.squash_and_log_prob(mean, log_std, std, noise)
-        return action, log_prob, mean, std
-
     def sample(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw a ~ pi(.|s); return (action, log pi(a|s)). The gradient flows through the action."""
-        return self.sample_with_params(obs, generator)[:2]
+        """Draw a ~ pi(.|s) by reparametrization; return (action, log pi(a|s)), eq. (1)."""
+        mean, log_std = self.distribution_params(obs)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return self.squash_and_log_prob(mean, log_std, log_std.exp(), noise)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """A stochastic action for the env, without log pi (the collection loop needs no more).
-        Draws the same noise as `sample`, so the random stream is the same either way."""
+    def act(self, obs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A stochastic action without log pi (acting, evaluation): `sample`'s noise, so `sample`'s action."""
         mean, log_std = self.distribution_params(obs)
-        return self.squash(mean + log_std.exp() * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype))
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return self.squash(mean + log_std.exp() * noise)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The evaluation action: squash(mu(s))."""
         return self.squash(self.distribution_params(obs)[0])
 
 
-def gaussian_w2_squared(mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor,
-                        ref_std: torch.Tensor) -> torch.Tensor:
-    """eq. (4): squared 2-Wasserstein distance between diagonal Gaussians N(mean, std^2) and
-    N(ref_mean, ref_std^2), summed over the last (action) dimension -> [B].
-
-    For diagonal (commuting) covariances the Bures term tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)
-    reduces to |std - ref_std|^2. On POSAC's pre-tanh parameters this is a proximal term that
-    bounds the action-space W2 from above (see the docstring), not the action-space W2 itself.
-    The caller passes the reference (the previous actor) detached."""
-    return (mean - ref_mean).pow(2).sum(-1) + (std - ref_std).pow(2).sum(-1)
-
-
+# =============================================================================================
+# The equations: one small function each (the number is the docstring's)
+# =============================================================================================
 def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_min: torch.Tensor,
               next_log_prob: torch.Tensor, alpha: torch.Tensor | float, gamma: float) -> torch.Tensor:
-    """y = r + gamma * (1 - d) * (min_k Q'_k - alpha * log pi_0(a'|s')), eq. (2). Shapes [B] (next_q_min
-    may be [N, B]: the min is already taken and broadcast per critic)."""
+    """y = r + gamma * (1 - d) * (min_k Q'_k - alpha * log pi_0(a'|s')), eq. (2); [B], or [N, B] per critic."""
     soft_value = next_q_min - alpha * next_log_prob
     return rewards + gamma * (1.0 - terminations) * soft_value
 
@@ -464,9 +382,25 @@ def critic_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (q_values - target).pow(2).mean(dim=1).sum()
 
 
+def gaussian_w2_squared(mean: torch.Tensor, std: torch.Tensor, ref_mean: torch.Tensor,
+                        ref_std: torch.Tensor) -> torch.Tensor:
+    """eq. (4): squared W2 between diagonal Gaussians N(mean, std^2), N(ref_mean, ref_std^2), summed
+    over the last (action) dimension -> [B]; for diagonal (commuting) covariances the Bures term
+    tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) is |std - ref_std|^2. The caller detaches the reference."""
+    return (mean - ref_mean).pow(2).sum(-1) + (std - ref_std).pow(2).sum(-1)
+
+
 def sac_actor_loss(log_prob: torch.Tensor, q_value: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
     """eq. (5), actor 0: E[alpha * log pi - Q]; the gradient flows through q_value and log_prob."""
     return (alpha * log_prob - q_value).mean()
+
+
+def jko_actor_loss(log_prob: torch.Tensor, q_value: torch.Tensor, w2_squared: torch.Tensor, lam: torch.Tensor | float,
+                   w2_weight: torch.Tensor | float, alpha: torch.Tensor | float) -> torch.Tensor:
+    """eq. (6), actor i >= 1: E_batch[-lambda_i * Q + w_i * W2^2(pi_i, sg pi_{i-1}) + alpha * log pi_i]
+    (SAC's entropy sign, see the docstring). Inputs [B] for one actor (-> scalar) or [N-1, B] for
+    actors 1..N-1 with lam and w2_weight of shape [N-1, 1] (-> one loss per actor, [N-1])."""
+    return (-lam * q_value + w2_weight * w2_squared + alpha * log_prob).mean(dim=-1)
 
 
 def q_weight(q_value: torch.Tensor, lambda_q: float, normalize_q: bool) -> torch.Tensor | float:
@@ -477,18 +411,6 @@ def q_weight(q_value: torch.Tensor, lambda_q: float, normalize_q: bool) -> torch
     return lambda_q / q_value.detach().abs().mean(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-def jko_actor_loss(log_prob: torch.Tensor, q_value: torch.Tensor, w2_squared: torch.Tensor,
-                   lam: torch.Tensor | float, w2_weight: torch.Tensor | float,
-                   alpha: torch.Tensor | float) -> torch.Tensor:
-    """eq. (6), actor i >= 1: E_batch[-lambda_i * Q + w_i * W2^2(pi_i, sg pi_{i-1}) + alpha * log pi_i].
-
-    Inputs are [B] for one actor (returns a scalar) or [N-1, B] for actors 1..N-1 with lam and
-    w2_weight of shape [N-1, 1] (returns one loss per actor, [N-1]). The entropy enters with SAC's
-    sign (+alpha log pi = -alpha * entropy is minimised, so the entropy is maximised); the source's
-    "+ alpha * H" would do the opposite."""
-    return (-lam * q_value + w2_weight * w2_squared + alpha * log_prob).mean(dim=-1)
-
-
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """eq. (8): raises alpha when actor 0's entropy (-log pi) is below the target."""
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
@@ -497,7 +419,8 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 @torch.no_grad()
 def update_target(source: nn.Module, target: nn.Module, tau: float) -> None:
     """theta' <- (1 - tau) theta' + tau theta, eq. (9); tau = 1 is a hard copy.
-    One multi-tensor lerp over all parameters instead of a Python loop of small ops."""
+    Fast path: one multi-tensor lerp over all parameters; the plain version is
+    `for t, s in zip(target.parameters(), source.parameters()): t.lerp_(s, tau)` (same numbers)."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
@@ -505,12 +428,9 @@ def update_target(source: nn.Module, target: nn.Module, tau: float) -> None:
 # Replay buffer
 # =============================================================================================
 class ReplayBuffer:
-    """A ring buffer of preallocated tensors on the training device.
-
-    `next_obs` is stored explicitly (rather than as obs[i+1]) because a truncated episode's final
-    observation differs from the next episode's first one. Sampling uses its own seeded
-    torch.Generator, so the batches depend only on the seed, and its state goes into checkpoints.
-    """
+    """A ring buffer of preallocated tensors on the training device. `next_obs` is stored (not read
+    as obs[i+1]): a truncated episode's last observation is not the next episode's first. Sampling
+    has its own seeded, checkpointed torch.Generator, so the batches depend only on the seed."""
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device, seed: int):
         self.capacity, self.device = capacity, device
@@ -526,8 +446,7 @@ class ReplayBuffer:
     def add(self, obs, next_obs, actions, rewards, terminations) -> None:
         """Add a batch of transitions (one per vectorized env); arrays of leading dim n_envs."""
         n = len(obs)
-        index = (torch.arange(n) + self.position) % self.capacity
-        index = index.to(self.device)
+        index = ((torch.arange(n) + self.position) % self.capacity).to(self.device)
         for store, value in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
                              (self.rewards, rewards), (self.terminations, terminations)):
             store[index] = torch.as_tensor(np.asarray(value), dtype=torch.float32).to(self.device)
@@ -556,15 +475,552 @@ class ReplayBuffer:
 
 
 # =============================================================================================
-# TRY NOT TO MODIFY: outputs (logging, evaluation, checkpoints, signals)
+# The agent: networks, optimizers, one method per update part
 # =============================================================================================
-class RunLogger:
-    """Writes every scalar to TensorBoard and to metrics.csv (long format: step, time, tag, value).
+class POSAC:
+    """N actors, twin critics, target critics, temperature and their optimizers, with the updates.
+    The updates return loss tensors without `.item()` (a GPU read forces a host sync; they are read
+    when logged). With num_actors = 1 every step computes what sac_continuous.py's SAC does."""
 
-    With --track, wandb mirrors TensorBoard (sync_tensorboard, as in CleanRL).
+    def __init__(self, args: Args, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
+        self.args, self.device = args, device
+        action_dim = int(np.prod(action_space.shape))
+        self.actors = nn.ModuleList([
+            Actor(obs_dim, action_space.low, action_space.high, args.hidden_size, args.num_layers,
+                  args.log_std_min, args.log_std_max) for _ in range(args.num_actors)]).to(device)
+        self.critics = CriticEnsemble(obs_dim, action_dim, args.hidden_size, args.num_layers, NUM_CRITICS).to(device)
+        self.target_critics = CriticEnsemble(obs_dim, action_dim, args.hidden_size, args.num_layers,
+                                             NUM_CRITICS).to(device)
+        self.target_critics.load_state_dict(self.critics.state_dict())
+        self.target_critics.requires_grad_(False)
+        # one Adam over all actors is one Adam per actor (its statistics are per parameter), in one call
+        self.actor_optimizer = torch.optim.Adam(self.actors.parameters(), lr=args.lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr, fused=True)
+        # w_1..w_{N-1} as a column, to weight the [N-1, B] W2 values of eq. (6) in one product
+        self.w2_weights_tensor = torch.tensor([float(w) for w in args.w2_weights[1:]], device=device).view(-1, 1)
+        self.lambda_q_tensor = torch.full((args.num_actors - 1,), float(args.lambda_q), device=device)  # for the log
+        # temperature: alpha = exp(log_alpha) keeps alpha > 0; autotuning starts at alpha = 1
+        self.target_entropy = -float(action_dim)
+        initial_alpha = 1.0 if args.autotune else max(args.alpha, 1e-12)
+        self.log_alpha = torch.tensor([math.log(initial_alpha)], device=device, requires_grad=args.autotune)
+        # fast path: fused=True runs Adam's step for this single number as one kernel instead of
+        # ~10 small operations (plain: torch.optim.Adam([self.log_alpha], lr=args.lr))
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.lr, fused=True) if args.autotune else None
+
+    @property
+    def actor(self) -> Actor:
+        """Actor 0: the data collector, the critic's bootstrap policy, the plain SAC actor."""
+        return self.actors[0]
+
+    @property
+    def policies(self) -> list[Actor]:
+        """The policies to evaluate (Appendix A): every actor of the chain, actor 0 first."""
+        return list(self.actors)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The temperature used in eqs. (2), (5) and (6); exactly 0 with --alpha 0."""
+        if not self.args.autotune and self.args.alpha == 0:
+            return torch.zeros((), device=self.device)
+        return self.log_alpha.detach().exp().squeeze()
+
+    def critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step of eq. (3) on the TD target (2), bootstrapped from actor 0."""
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(batch["next_obs"])
+            next_q = self.target_critics(batch["next_obs"], next_actions)
+            next_q_min = next_q.min(dim=0, keepdim=True).values.expand_as(next_q)  # clipped double-Q
+            target = td_target(batch["rewards"], batch["terminations"], next_q_min, next_log_prob, self.alpha,
+                               self.args.gamma)
+        q_values = self.critics(batch["obs"], batch["actions"])
+        loss = critic_loss(q_values, target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        # per-critic losses and mean Q are derived from these when logged (loss_scalars), not every update
+        return {"critic_loss": loss.detach(), "q_values": q_values.detach(), "td_target": target}
+
+    def target_update(self) -> None:
+        """eq. (9) after every critic step: a Polyak step of the target critics."""
+        update_target(self.critics, self.target_critics, self.args.tau)
+
+    def sample_all(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every actor's reparametrized action for the same states, eq. (1): (actions [N, B, A],
+        log pi [N, B], mu [N, B, A], sigma [N, B, A]). Fast path: only the N trunks run separately;
+        sampling, squashing and log pi run once on the stacked tensors (plain: Actor.sample per
+        actor; for N = 1 the same numbers, as the actors share the box and log-sigma range)."""
+        mean, log_std = self.actor.split_params(torch.stack([actor.net(obs) for actor in self.actors]))
+        std = log_std.exp()
+        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+        actions, log_probs = self.actor.squash_and_log_prob(mean, log_std, std, noise)
+        return actions, log_probs, mean, std
+
+    def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step of every actor: eq. (5) for actor 0, eq. (6) with (4) and (7) for actors
+        i >= 1. Returns actor 0's detached log pi as "log_prob", for the temperature step (8)."""
+        args, obs = self.args, batch["obs"]
+        n, batch_size = len(self.actors), obs.shape[0]
+        actions, log_probs, means, stds = self.sample_all(obs)
+        # ONE critic pass over the N actors' actions ([N * B] rows) instead of N passes; the critics
+        # are constants here: switching their grads off saves the backward pass into their weights
+        self.critics.requires_grad_(False)
+        obs_rows = obs if n == 1 else obs.repeat(n, 1)
+        q_values = self.critics(obs_rows, actions.reshape(n * batch_size, -1)).min(dim=0).values.view(n, batch_size)
+        self.critics.requires_grad_(True)
+
+        alpha = self.alpha
+        losses = [sac_actor_loss(log_probs[0], q_values[0], alpha)]  # eq. (5): actor 0 is plain SAC
+        if n > 1:
+            # eq. (4) for every i >= 1 at once, each against its predecessor, detached: actor i-1 is
+            # the fixed reference of step i (its own gradient comes only from its own loss)
+            w2 = gaussian_w2_squared(means[1:], stds[1:], means[:-1].detach(), stds[:-1].detach())  # [N-1, B]
+            lam = q_weight(q_values[1:], args.lambda_q, args.normalize_q)  # eq. (7)
+            losses.append(jko_actor_loss(log_probs[1:], q_values[1:], w2, lam, self.w2_weights_tensor, alpha))  # eq. (6)
+        per_actor = torch.cat([losses[0].view(1), *losses[1:]])  # [N]
+        # one backward for all: each actor's parameters only reach its own term, so the sum
+        # gives each actor exactly the gradient of its own loss
+        total = per_actor.sum()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.actor_optimizer.step()
+        log_probs = log_probs.detach()
+        out = {"actor_loss": total.detach(), "per_actor_loss": per_actor.detach(),
+               "entropy": -log_probs.mean(dim=1), "log_prob": log_probs[0]}
+        if n > 1:
+            out["w2"] = w2.detach().mean(dim=1)
+            out["lambda"] = lam.view(-1) if args.normalize_q else self.lambda_q_tensor
+        return out
+
+    def temperature_step(self, log_prob: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One gradient step of eq. (8) on actor 0's log pi from the actor step (only with --autotune)."""
+        if self.alpha_optimizer is None:
+            return {}
+        alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        return {"alpha_loss": alpha_loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"actors": [actor.state_dict() for actor in self.actors], "critics": self.critics.state_dict(),
+                "target_critics": self.target_critics.state_dict(),
+                "actor_optimizer": self.actor_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(),
+                "log_alpha": self.log_alpha.detach().clone(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for actor, actor_state in zip(self.actors, state["actors"], strict=True):
+            actor.load_state_dict(actor_state)
+        self.critics.load_state_dict(state["critics"])
+        self.target_critics.load_state_dict(state["target_critics"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+Agent = POSAC  # the agent class by the name Appendix A uses (--evaluate builds one)
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+def train(args: Args) -> dict:
+    """Run (or resume) one POSAC training run; return its final figures (also in summary.json)."""
+    action_space = validate_args(args)  # bad input: one `error:` line before any work
+    run = Run(args)  # Appendix A: device, seeding, --resume's checkpoint read and checked
+    # SAME_STEP autoreset: an ended episode's last observation comes back in infos["final_obs"]
+    envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    action_dim = int(np.prod(action_space.shape))
+    low, high = action_space.low, action_space.high
+    agent = POSAC(args, obs_dim, action_space, run.device)
+    buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, run.device, seed=args.seed)
+    obs = run.start(agent, buffer, envs)  # restores a checkpoint; opens the run folder and its logs
+
+    with run:  # Ctrl-C / SIGTERM: finish this step, write the checkpoint, print the resume command
+        while run.keep_training():
+            # 1. act: uniformly random actions first, then actor 0's stochastic policy (for every actor)
+            if run.global_step < args.random_steps:
+                actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
+            else:
+                actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=run.device))
+                actions = np.clip(actions.cpu().numpy(), low, high)  # float32 rounding at the bounds
+
+            # 2. step the environments; 3. store the transition with the TRUE next state and
+            # d = termination (a truncated episode still bootstraps, eq. (2))
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            buffer.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
+            obs = next_obs
+            run.count_env_steps(infos)
+
+            # 4. update (updates_per_step fresh batches): critics (2-3), targets (9), actors (4-7), alpha (8)
+            if run.global_step > args.learning_starts:
+                for _ in range(args.updates_per_step):
+                    batch = buffer.sample(args.batch_size)
+                    losses = agent.critic_step(batch)
+                    agent.target_update()
+                    losses |= agent.actor_step(batch)
+                    losses |= agent.temperature_step(losses["log_prob"])
+                    run.record_update(losses)
+
+            run.log_evaluate_checkpoint()  # progress line, evaluation, checkpoint when due
+        run.finish()  # the final checkpoint and evaluation
+    return run.summary()
+
+
+def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, float]:
+    """The latest update's CleanRL-named scalars, plus each actor's loss, entropy, W2 and lambda."""
+    q_values, target = losses["q_values"], losses["td_target"]
+    per_critic = (q_values - target).pow(2).mean(dim=1).tolist()
+    q_means = q_values.mean(dim=1).tolist()
+    per_actor = losses["per_actor_loss"].tolist()
+    entropies = losses["entropy"].tolist()
+    scalars = {f"losses/qf{i + 1}_loss": value for i, value in enumerate(per_critic)}
+    scalars.update({f"losses/qf{i + 1}_values": value for i, value in enumerate(q_means)})
+    scalars["losses/qf_loss"] = float(losses["critic_loss"]) / len(per_critic)
+    scalars["losses/actor_loss"] = per_actor[0]  # actor 0's: the SAC actor loss, comparable with SAC's
+    scalars["losses/alpha"] = float(agent.alpha)
+    scalars["losses/entropy"] = entropies[0]
+    for i, (loss, entropy) in enumerate(zip(per_actor, entropies)):
+        scalars[f"losses/actor_loss_{i}"] = loss
+        scalars[f"losses/entropy_actor_{i}"] = entropy
+    if "w2" in losses:  # actor i's W2^2 to actor i-1, eq. (4), and its lambda, eq. (7)
+        for i, (w2, lam) in enumerate(zip(losses["w2"].tolist(), losses["lambda"].tolist()), start=1):
+            scalars[f"losses/w2_actor_{i}"] = w2
+            scalars[f"losses/lambda_actor_{i}"] = lam
+    if "alpha_loss" in losses:
+        scalars["losses/alpha_loss"] = float(losses["alpha_loss"])
+    return scalars
+
+
+# =============================================================================================
+# APPENDIX A: run infrastructure, identical in all three scripts. You can stop reading here.
+# =============================================================================================
+# Everything below is bookkeeping around the algorithm above: argument checks every script
+# shares, the run folder and its files (args.json, metrics.csv, eval.csv, TensorBoard, summary),
+# checkpoints and --resume, Ctrl-C, evaluation, seeding, the device, the progress line and the
+# command line. These lines are byte-identical in sac_continuous.py, gmm_density_matching.py and
+# posac_jko.py (tests/test_layout.py checks it; `python tools/sync_appendix.py` copies this
+# appendix from sac_continuous.py into the other two), so a fix lands in all three at once.
+#
+# What it takes from Part 1, by name: ALGORITHM, Args (with the common fields), RESUME_MUST_MATCH,
+# PER_ACTOR_EVALUATION, CONFIG_KEYS and CONFIG_BASE (--config), validate_args, make_env, train,
+# loss_scalars(losses, agent), and `Agent`, the agent class, built as Agent(args, obs_dim,
+# action_space, device), with `policies` (the actors to evaluate), `state_dict()` and
+# `load_state_dict(state)`.
+import csv  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import typing  # noqa: E402
+from dataclasses import asdict, fields  # noqa: E402
+
+# the three scripts of this project; a checkpoint names the one that wrote it
+ALGORITHMS = ("sac_continuous", "gmm_density_matching", "posac_jko")
+# checkpoint layout version: 2 = plain data only (tensors, dicts, lists, numbers, strings), loaded
+# with torch.load(weights_only=True). Version 1 pickled NumPy's random state and cannot be loaded
+# that way.
+CHECKPOINT_FORMAT = 2
+
+
+class ConfigError(ValueError):
+    """Bad input: reported as one `error:` line (exit code 2) before any work starts."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite: the run stops, the last good checkpoint stays on disk."""
+
+
+# ---- argument checks every script shares -------------------------------------------------
+COMMON_POSITIVE = ("total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "hidden_size",
+                   "num_layers", "checkpoint_every", "log_every")
+
+
+def validate_common_args(args: Args) -> gym.spaces.Box:
+    """The checks every script makes (sizes, schedule, gamma, tau, --resume, the env); the
+    algorithm's own checks are in Part 1's validate_args. Returns the env's action space."""
+    for name in COMMON_POSITIVE:
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_every", "learning_starts", "random_steps"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.batch_size > args.buffer_size:
+        raise ConfigError(f"--batch-size ({args.batch_size}) cannot exceed --buffer-size ({args.buffer_size})")
+    if not 0.0 <= args.gamma <= 1.0:
+        raise ConfigError(f"--gamma must lie in [0, 1], got {args.gamma}")
+    if not 0.0 < args.tau <= 1.0:
+        raise ConfigError(f"--tau must lie in (0, 1], got {args.tau}")
+    if args.resume is not None and resolve_checkpoint_path(args.resume) is None:
+        raise ConfigError(f"--resume {args.resume}: no checkpoint.pt there")
+    action_space = check_env(args.env_id)
+    if args.capture_video:  # before any training: a video that cannot be written fails now, not at the end
+        problem = video_problem(args.env_id)
+        if problem is not None:
+            raise ConfigError(problem)
+    return action_space
+
+
+def check_env(env_id: str) -> gym.spaces.Box:
+    """Make the env once to check it exists and has a bounded Box action space."""
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:  # NameNotFound, VersionNotFound, DependencyNotInstalled, ...
+        raise ConfigError(f"unknown or unavailable environment '{env_id}': {error}") from None
+    except Exception as error:  # e.g. MuJoCo's renderer refusing an unknown MUJOCO_GL at import
+        raise ConfigError(f"cannot make environment '{env_id}': {one_line(error)}") from None
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"{env_id} has a {type(space).__name__} action space ({space}); "
+                          f"{ALGORITHM}.py needs a continuous gymnasium.spaces.Box")
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        raise ConfigError(f"{env_id} has an unbounded action space ({space}); the policy is "
+                          "squashed into [low, high], so both bounds must be finite")
+    return space
+
+
+# ---- one training run ----------------------------------------------------------------------
+class Run:
+    """The bookkeeping of one training run, so that Part 1's train() reads as the algorithm.
+
+        run = Run(args)                       # device, seeds, --resume's checkpoint (read as data, checked)
+        obs = run.start(agent, buffer, envs)  # restore the checkpoint, open the run folder and its files
+        with run:                             # Ctrl-C / SIGTERM finish the step; files closed at the end
+            while run.keep_training():
+                ...act, step, store...
+                run.count_env_steps(infos)    # the step counter and finished episodes
+                ...update...; run.record_update(losses)
+                run.log_evaluate_checkpoint()
+            run.finish()                      # final checkpoint, then the final evaluation
+        return run.summary()
     """
 
-    def __init__(self, run_dir: str, resume_step: Optional[int], num_actors: int):
+    def __init__(self, args: Args):
+        self.args = args
+        self.device = pick_device(args.cuda)
+        # read and check --resume's checkpoint BEFORE anything is created or changed
+        self.checkpoint = read_checkpoint(args.resume) if args.resume else None
+        if self.checkpoint is not None:
+            check_resume_args(self.checkpoint, args)
+        seed_everything(args.seed, args.torch_deterministic)
+        self.global_step, self.train_time, self.train_steps, self.episodes = 0, 0.0, 0, 0
+        self.last_return = float("nan")
+        self.losses: dict[str, torch.Tensor] = {}
+        # a non-finite loss flag accumulated on the device; read only at log/checkpoint time
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.interrupted, self.final_eval = False, []
+        self.closers: list = []
+
+    def start(self, agent, buffer, envs) -> np.ndarray:
+        """Restore a checkpoint into the agent and buffer (a checkpoint that does not fit them is a
+        ConfigError, raised before any file is touched), then create the run folder (or reopen
+        the checkpoint's), write args.json, open the logs and the evaluation env. Returns the
+        training envs' first observations."""
+        args, checkpoint = self.args, self.checkpoint
+        self.agent, self.buffer, self.envs = agent, buffer, envs
+        self.eval_generator = torch.Generator(device=self.device)
+        self.eval_generator.manual_seed(args.seed + 1)
+        if checkpoint is not None:
+            try:
+                agent.load_state_dict(checkpoint["agent"])
+                buffer.load_state_dict(checkpoint["replay_buffer"])
+                set_rng_states(checkpoint["rng"])
+                self.eval_generator.set_state(checkpoint["eval_generator"])
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+                raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run "
+                                  f"({one_line(error)})") from None
+            for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
+                setattr(self, name, checkpoint[name])
+            self.run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
+        else:
+            self.run_dir = os.path.join(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+            os.makedirs(self.run_dir, exist_ok=False)
+        self.run_name = os.path.basename(self.run_dir)
+        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
+        self.last_good_checkpoint_step = self.global_step if checkpoint is not None else None
+        if checkpoint is not None:
+            print(f"resumed {self.run_name} at step {self.global_step} from {checkpoint['path']}")
+        args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
+        atomic_write_text(os.path.join(self.run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
+
+        video_folder = os.path.join(self.run_dir, "videos") if args.capture_video else None
+        self.eval_env = make_env(args.env_id, args.seed + 100_000, video_folder)()
+        if video_folder is not None:  # film the first (deterministic) episode of every policy's evaluation
+            self.eval_env.env.episode_trigger = lambda episode: episode % (2 * args.eval_episodes) == 0
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=asdict(args), name=self.run_name, id=self.run_name, resume="allow", save_code=True,
+                       dir=self.run_dir)  # wandb/ inside the run folder, not the working directory
+            self.closers.append(wandb.finish)
+        self.logger = RunLogger(self.run_dir, self.global_step if checkpoint is not None else None,
+                                len(agent.policies) if PER_ACTOR_EVALUATION else 0)
+        self.closers = [self.logger.close, envs.close, self.eval_env.close] + self.closers
+        self.start_time, self.start_step = time.time(), self.global_step
+        if checkpoint is None:
+            obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
+        else:  # the env state is not in the checkpoint: the interrupted episode restarts
+            obs, _ = envs.reset(seed=[args.seed + self.global_step + i for i in range(args.num_envs)])
+        return obs
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def __enter__(self) -> "Run":
+        self.stop = StopSignal().__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.__exit__(*exc)
+        for close in self.closers:
+            close()
+
+    def keep_training(self) -> bool:
+        """False once the budget is spent or Ctrl-C / SIGTERM arrived (the step before finished)."""
+        if self.global_step >= self.args.total_timesteps:
+            return False
+        if self.stop.received is not None:
+            self.interrupted = True
+            return False
+        self.iteration_start, self.updated = time.time(), False
+        return True
+
+    def count_env_steps(self, infos: dict) -> None:
+        """Advance the step counter by one vector step and note the episodes that just ended."""
+        self.finished = []
+        if "final_info" in infos:
+            stats = infos["final_info"]["episode"]
+            for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                self.finished.append((float(stats["r"][i]), int(stats["l"][i])))
+        self.step_before, self.global_step = self.global_step, self.global_step + self.args.num_envs
+
+    def record_update(self, losses: dict[str, torch.Tensor]) -> None:
+        """Keep the latest update's losses (logged every --log-every steps) and watch for NaN/inf."""
+        self.losses, self.updated = losses, True
+        self.nonfinite |= ~torch.isfinite(losses["critic_loss"]) | ~torch.isfinite(losses["actor_loss"])
+
+    def log_evaluate_checkpoint(self) -> None:
+        """After each vector step: episode returns, the progress line and losses every --log-every
+        steps, evaluation every --eval-every steps (or --eval-freq episodes, where the script has
+        it), a checkpoint every --checkpoint-every steps."""
+        args, step, before = self.args, self.global_step, self.step_before
+        if self.updated:
+            self.train_time += time.time() - self.iteration_start
+            self.train_steps += args.num_envs
+        episodes_before = self.episodes
+        for episode_return, episode_length in self.finished:
+            self.episodes, self.last_return = self.episodes + 1, episode_return
+            self.logger.scalars(step, {"charts/episodic_return": episode_return, "charts/episodic_length": episode_length})
+        if crossed(before, step, args.log_every):
+            self.stop_if_nonfinite()
+            sps = (step - self.start_step) / max(time.time() - self.start_time, 1e-9)
+            scalars = {"charts/SPS": sps}
+            if self.losses:
+                scalars.update(loss_scalars(self.losses, self.agent))
+            self.logger.scalars(step, scalars)
+            eta = (args.total_timesteps - step) / max(sps, 1e-9)
+            print(f"step {step}/{args.total_timesteps} | SPS {sps:.0f} | last return {self.last_return:.2f} | "
+                  f"episodes {self.episodes} | ETA {format_duration(eta)}", flush=True)
+        episodes_every = getattr(args, "eval_freq_episodes", None)  # POSAC's source schedule, in episodes
+        if episodes_every is not None:
+            evaluation_due = crossed(episodes_before, self.episodes, episodes_every)
+        else:
+            evaluation_due = crossed(before, step, args.eval_every)
+        if evaluation_due and step < args.total_timesteps:
+            self.stop_if_nonfinite()
+            self.evaluate(step)
+        if crossed(before, step, args.checkpoint_every) and step < args.total_timesteps:
+            self.save_checkpoint()
+
+    def stop_if_nonfinite(self) -> None:
+        if bool(self.nonfinite):
+            where = (f"{self.checkpoint_path} (step {self.last_good_checkpoint_step})"
+                     if self.last_good_checkpoint_step is not None else "none was written yet")
+            raise NonFiniteLossError(f"a loss became NaN or infinite by step {self.global_step}; stopped without "
+                                     f"saving the broken networks. Last good checkpoint: {where}")
+
+    def save_checkpoint(self) -> None:
+        """Everything --resume needs, as plain data, written atomically; never broken networks."""
+        self.stop_if_nonfinite()
+        state = {"format": CHECKPOINT_FORMAT, "algorithm": ALGORITHM, "args": asdict(self.args),
+                 "global_step": self.global_step, "train_time": self.train_time, "train_steps": self.train_steps,
+                 "episodes": self.episodes, "last_return": self.last_return, "agent": self.agent.state_dict(),
+                 "replay_buffer": self.buffer.state_dict(), "rng": rng_states(),
+                 "eval_generator": self.eval_generator.get_state()}
+        save_checkpoint(self.checkpoint_path, state)
+        self.last_good_checkpoint_step = self.global_step
+
+    def evaluate(self, step: int) -> list[dict]:
+        """Every policy, deterministic then stochastic, on the separately seeded evaluation env."""
+        args, results = self.args, []
+        if PER_ACTOR_EVALUATION:
+            print(f"Evaluation over {args.eval_episodes} episodes (step {step}):", flush=True)
+        for i, policy in enumerate(self.agent.policies):
+            means = {}
+            for mode in ("deterministic", "stochastic"):
+                returns = evaluate(policy, self.eval_env, args.eval_episodes, args.seed + 100_000,
+                                   mode == "deterministic", self.device, self.eval_generator)
+                self.logger.evaluation(step, i, mode, returns)
+                means[mode] = float(returns.mean())
+                results.append({"policy": i, "mode": mode, "mean_return": means[mode],
+                                "std_return": float(returns.std()), "episodes": len(returns)})
+                if PER_ACTOR_EVALUATION:
+                    print(f"  Actor {i} - {mode.capitalize()}: {means[mode]:.2f}", flush=True)
+            if PER_ACTOR_EVALUATION:
+                self.logger.actor_array(step, i, means["deterministic"], means["stochastic"])
+        if not PER_ACTOR_EVALUATION:
+            det, sto = results[0], results[1]
+            print(f"eval at step {step}: deterministic {det['mean_return']:.2f} +- {det['std_return']:.2f}"
+                  f" | stochastic {sto['mean_return']:.2f} +- {sto['std_return']:.2f}", flush=True)
+        return results
+
+    def finish(self) -> None:
+        """The final checkpoint; then the final evaluation, or the command that resumes the run."""
+        self.save_checkpoint()
+        if self.interrupted:
+            command = " ".join([os.path.basename(sys.argv[0]) or f"{ALGORITHM}.py"] +
+                               strip_resume_flag(sys.argv[1:]) + ["--resume", self.run_dir])
+            print(f"stopped at step {self.global_step}; checkpoint written to {self.checkpoint_path}.\n"
+                  f"Resume with: python {command}", file=sys.stderr, flush=True)
+        else:
+            self.final_eval = self.evaluate(self.global_step)
+
+    def summary(self) -> dict:
+        """The run's final figures; written to summary.json when the run completed."""
+        wall_time = time.time() - self.start_time
+        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed,
+                   "global_step": self.global_step, "total_timesteps": self.args.total_timesteps,
+                   "sps": (self.global_step - self.start_step) / max(wall_time, 1e-9),
+                   "train_sps": self.train_steps / self.train_time if self.train_time > 0 else float("nan"),
+                   "wall_time_s": wall_time, "final_eval": self.final_eval}
+        if not self.interrupted:
+            atomic_write_text(os.path.join(self.run_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
+        return {**summary, "run_dir": self.run_dir, "interrupted": self.interrupted}
+
+
+def crossed(step_before: int, step_after: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (step_before, step_after]: with N envs the step
+    counter moves N at a time and may jump over the exact multiple."""
+    return every > 0 and step_after // every > step_before // every
+
+
+# ---- outputs: TensorBoard, metrics.csv, eval.csv -------------------------------------------
+class RunLogger:
+    """Writes every scalar to TensorBoard and to metrics.csv (long format: step, time, tag, value),
+    and evaluations to eval.csv. With --track, wandb mirrors TensorBoard (sync_tensorboard, as in
+    CleanRL). With num_actor_arrays > 0 (POSAC) also the source's eval_actor_{i}.npy arrays."""
+
+    def __init__(self, run_dir: str, resume_step: Optional[int], num_actor_arrays: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides TensorBoard events logged after the checkpoint we resume from
@@ -576,8 +1032,9 @@ class RunLogger:
             truncate_csv_after(path, header, resume_step)
         self.metrics_file = open(self.metrics_path, "a", newline="")
         self.metrics_csv = csv.writer(self.metrics_file)
-        # the source's per-actor evaluation arrays: rows [global_step, deterministic, stochastic]
-        self.actor_array_paths = [os.path.join(run_dir, f"eval_actor_{i}.npy") for i in range(num_actors)]
+        self.per_actor = num_actor_arrays > 0
+        # the per-actor evaluation arrays: rows [global_step, deterministic mean, stochastic mean]
+        self.actor_array_paths = [os.path.join(run_dir, f"eval_actor_{i}.npy") for i in range(num_actor_arrays)]
         self.actor_arrays = [truncate_array_after(path, resume_step) for path in self.actor_array_paths]
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -590,8 +1047,8 @@ class RunLogger:
     def evaluation(self, step: int, policy: int, mode: str, returns: np.ndarray) -> None:
         with open(self.eval_path, "a", newline="") as f:
             csv.writer(f).writerow([step, policy, mode, repr(float(returns.mean())), repr(float(returns.std())), len(returns)])
-        tags = {f"eval/actor_{policy}/{mode}_return": float(returns.mean())}
-        if policy == 0:  # actor 0 under SAC's tag too, so POSAC and SAC curves share a name
+        tags = {f"eval/actor_{policy}/{mode}_return": float(returns.mean())} if self.per_actor else {}
+        if policy == 0:  # actor 0 under SAC's tag too, so every script's curves share a name
             tags[f"eval/{mode}_return"] = float(returns.mean())
         self.scalars(step, tags)
 
@@ -624,18 +1081,8 @@ def truncate_array_after(path: str, last_step: Optional[int]) -> np.ndarray:
     saved rows with global_step <= last_step (the same rule as truncate_csv_after)."""
     if last_step is None or not os.path.exists(path):
         return np.zeros((0, 3), dtype=np.float64)
-    rows = np.load(path).reshape(-1, 3)
+    rows = np.load(path, allow_pickle=False).reshape(-1, 3)
     return rows[rows[:, 0] <= last_step]
-
-
-def atomic_save_array(path: str, array: np.ndarray) -> None:
-    """np.save through a temp file + rename, as atomic_write_text does for text."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str, write) -> None:
@@ -648,6 +1095,17 @@ def atomic_write_text(path: str, write) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_array(path: str, array: np.ndarray) -> None:
+    """np.save through a temp file + rename, as atomic_write_text does for text."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- checkpoints: written atomically, read as data only --------------------------------------
 def save_checkpoint(path: str, state: dict) -> None:
     """torch.save to a temp file, fsync, then os.replace: a crash or kill mid-write leaves the
     previous checkpoint intact (rename is atomic on POSIX)."""
@@ -665,36 +1123,101 @@ def resolve_checkpoint_path(resume: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-# the args that fix the shapes and meaning of what a checkpoint holds: resuming with other
-# values would be a different run, so they must match
-RESUME_MUST_MATCH = ("env_id", "num_envs", "buffer_size", "hidden_size", "num_layers", "num_actors", "w2_weights",
-                     "lambda_q", "normalize_q", "autotune", "seed")
+def read_checkpoint(resume: str, flag: str = "--resume") -> dict:
+    """Load a checkpoint as DATA and check its structure; every problem is one ConfigError.
 
-
-def load_compatible_checkpoint(args: Args, device: torch.device) -> dict:
-    """Load --resume's checkpoint and check it belongs to this algorithm and these args."""
-    path = resolve_checkpoint_path(args.resume)
+    torch.load(weights_only=True) rebuilds only tensors, dicts, lists, tuples, numbers, strings
+    and None: a file that asks for any other Python object (which unpickling would construct, and
+    so could run code) is refused, not opened. Loaded on the CPU: the RNG states must live there,
+    and load_state_dict moves everything else to the networks' device."""
+    path = resolve_checkpoint_path(resume)
+    if path is None:
+        raise ConfigError(f"{flag} {resume}: no checkpoint.pt there")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a truncated or foreign file
-        raise ConfigError(f"--resume {args.resume}: cannot read {path} ({error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
-        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ConfigError(f"--resume {args.resume}: checkpoint is from '{found}', not {ALGORITHM}")
-    saved = checkpoint["args"]
-    # w2_weights is a tuple here and may come back from torch.load as a list: compare as lists
-    differ = [f"{k} (checkpoint {saved.get(k)!r}, now {getattr(args, k)!r})" for k in RESUME_MUST_MATCH
-              if as_list(saved.get(k)) != as_list(getattr(args, k))]
-    if differ:
-        raise ConfigError(f"--resume {args.resume}: incompatible arguments: {', '.join(differ)}")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # refused objects, a truncated, empty or foreign file
+        unsafe = unsafe_globals(path)
+        if unsafe and all(name.startswith("numpy") for name in unsafe):
+            raise ConfigError(f"{flag} {resume}: {path} was written by an earlier version of this script "
+                              "(it stores NumPy objects); this version loads checkpoints as plain data only "
+                              "and cannot resume it") from None
+        if unsafe:
+            raise ConfigError(f"{flag} {resume}: {path} asks to build Python objects ({', '.join(unsafe[:3])}); "
+                              "a checkpoint is data only, so it was not loaded") from None
+        raise ConfigError(f"{flag} {resume}: cannot read {path} ({one_line(error)})") from None
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise ConfigError(f"{flag} {resume}: {problem} ({path})")
     checkpoint["path"] = path
     return checkpoint
 
 
+# what a checkpoint holds at its top level, and the kind of each value
+CHECKPOINT_FIELDS = {"format": int, "algorithm": str, "args": dict, "global_step": int, "train_time": (int, float),
+                     "train_steps": int, "episodes": int, "last_return": (int, float), "agent": dict,
+                     "replay_buffer": dict, "rng": dict, "eval_generator": torch.Tensor}
+
+
+def checkpoint_problem(checkpoint) -> Optional[str]:
+    """What is wrong with a loaded checkpoint's structure, or None. The networks' and buffer's
+    own shapes are checked when they are loaded (Run.start)."""
+    if not isinstance(checkpoint, dict):
+        return f"holds a {type(checkpoint).__name__}, not a checkpoint"
+    found = checkpoint.get("algorithm")
+    if found != ALGORITHM:
+        return f"checkpoint is from '{found}', not {ALGORITHM}"
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        return (f"checkpoint format {checkpoint.get('format')!r}, this script reads format {CHECKPOINT_FORMAT} "
+                "(written by another version of this script)")
+    for key, kind in CHECKPOINT_FIELDS.items():
+        if key not in checkpoint:
+            return f"checkpoint lacks '{key}'"
+        value = checkpoint[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+            return f"checkpoint's '{key}' is a {type(value).__name__}, not a {getattr(kind, '__name__', 'number')}"
+    for key in ("global_step", "train_steps", "episodes"):
+        if checkpoint[key] < 0:
+            return f"checkpoint's '{key}' is negative ({checkpoint[key]})"
+    unknown = sorted(set(checkpoint["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        return f"checkpoint's args hold fields this script does not have: {', '.join(unknown)}"
+    missing = sorted(set(RESUME_MUST_MATCH) - set(checkpoint["args"]))
+    if missing:
+        return f"checkpoint's args lack {', '.join(missing)}"
+    return None
+
+
+def check_resume_args(checkpoint: dict, args: Args) -> None:
+    """The args that fix the shapes and meaning of what a checkpoint holds must match: resuming
+    with other values would be a different run."""
+    saved = checkpoint["args"]
+    differ = [f"{k} (checkpoint {saved.get(k)!r}, now {getattr(args, k)!r})" for k in RESUME_MUST_MATCH
+              if as_list(saved.get(k)) != as_list(getattr(args, k))]
+    if differ:
+        raise ConfigError(f"--resume {args.resume}: incompatible arguments: {', '.join(differ)}")
+
+
+def unsafe_globals(path: str) -> list[str]:
+    """The Python objects a checkpoint file would ask the unpickler to build beyond plain data,
+    read from its pickle opcodes without running any of them; [] when the file cannot tell."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint (empty, truncated, random bytes): the caller says so
+        return []
+
+
 def as_list(value):
+    """Tuples and lists compare equal as lists (a tuple arg may come back as a list)."""
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's can run to a page)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+# ---- signals, evaluation, seeding, device ---------------------------------------------------
 class StopSignal:
     """Turns SIGINT/SIGTERM into a flag the training loop checks once per step, so the loop can
     finish the step, write a checkpoint and exit cleanly. A second signal is honoured at once."""
@@ -704,7 +1227,7 @@ class StopSignal:
         self.previous = {}
 
     def __enter__(self):
-        if threading_is_main():
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self.handle)
         return self
@@ -722,18 +1245,12 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 @torch.no_grad()
-def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, deterministic: bool,
+def evaluate(policy, env: gym.Env, episodes: int, seed: int, deterministic: bool,
              device: torch.device, generator: torch.Generator) -> np.ndarray:
     """Returns of `episodes` episodes on the evaluation env, reset with seeds seed..seed+episodes-1
-    so every evaluation (and every actor) starts from the same states. Stochastic actions use their
-    own generator, so evaluating never changes the training run's random stream."""
+    so every evaluation starts from the same states. Stochastic actions use their own generator,
+    so evaluating never changes the training run's random stream."""
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -741,9 +1258,9 @@ def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, deterministic
         while not done:
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
             if deterministic:
-                action = actor.deterministic_action(obs_t)
+                action = policy.deterministic_action(obs_t)
             else:
-                action = actor.sample(obs_t, generator=generator)[0]
+                action = policy.act(obs_t, generator=generator)
             action = action.squeeze(0).cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(np.clip(action, env.action_space.low, env.action_space.high))
             total += float(reward)
@@ -779,13 +1296,23 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
 
 
 def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every global random stream, as plain data (tensors, ints, floats) that a weights_only load
+    accepts; set_rng_states restores them bit for bit."""
+    version, mersenne_state, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(mersenne_state, dtype=torch.int64),
+                       "gauss_next": gauss_next},
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    python, numpy_state = states["python"], states["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -799,399 +1326,194 @@ def pick_device(want_cuda: bool) -> torch.device:
     return torch.device("cpu")
 
 
+# ---- --capture-video: check before training that the video can be written ------------------
+RENDER_PROBE = """
+import sys
+import gymnasium as gym
+env = gym.make(sys.argv[1], render_mode="rgb_array")
+env.reset(seed=0)
+frame = env.render()
+assert frame is not None and frame.size > 0, "render() returned no frame"
+env.close()
+"""
 
 
-# =============================================================================================
-# ALGO LOGIC: the agent (actors + critics + optimizers + one gradient step of each part)
-# =============================================================================================
-class POSAC:
-    """N actors, twin critics, target critics, temperature and their optimizers, with the updates.
-
-    The updates return loss tensors without calling `.item()`: reading a GPU value forces a host
-    sync, so the training loop only converts them when it logs. With num_actors = 1 every step is
-    the same computation, in the same order, as sac_continuous.py's SAC (min backup, reparametrize).
-    """
-
-    def __init__(self, args: Args, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
-        self.args, self.device = args, device
-        action_dim = int(np.prod(action_space.shape))
-        self.actors = nn.ModuleList([
-            Actor(obs_dim, action_space.low, action_space.high, args.hidden_size, args.num_layers,
-                  args.log_std_min, args.log_std_max) for _ in range(args.num_actors)]).to(device)
-        self.critics = CriticEnsemble(obs_dim, action_dim, args.hidden_size, args.num_layers, NUM_CRITICS).to(device)
-        self.target_critics = CriticEnsemble(obs_dim, action_dim, args.hidden_size, args.num_layers,
-                                             NUM_CRITICS).to(device)
-        self.target_critics.load_state_dict(self.critics.state_dict())
-        self.target_critics.requires_grad_(False)
-        # one Adam over every actor: Adam's statistics are per parameter, so this is exactly one
-        # optimizer per actor, stepped in one fused call
-        self.actor_optimizer = torch.optim.Adam(self.actors.parameters(), lr=args.lr, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr, fused=True)
-        # w_1..w_{N-1} as a column, to weight the [N-1, B] W2 values of eq. (6) in one product
-        self.w2_weights_tensor = torch.tensor([float(w) for w in args.w2_weights[1:]], device=device).view(-1, 1)
-        self.lambda_q_tensor = torch.full((args.num_actors - 1,), float(args.lambda_q), device=device)  # for the log
-
-        # temperature: alpha = exp(log_alpha) keeps alpha > 0; autotuning starts at alpha = 1
-        self.target_entropy = -float(action_dim)
-        initial_alpha = 1.0 if args.autotune else max(args.alpha, 1e-12)
-        self.log_alpha = torch.tensor([math.log(initial_alpha)], device=device, requires_grad=args.autotune)
-        # fused: one kernel per step for this single number, instead of the ~10 small operations
-        # of Adam's default per-tensor loop on the CPU
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.lr, fused=True) if args.autotune else None
-        self.critic_updates = 0
-
-    @property
-    def actor(self) -> Actor:
-        """Actor 0: the data collector, the critic's bootstrap policy, the plain SAC actor."""
-        return self.actors[0]
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        """The temperature used in eqs. (2), (5) and (6); exactly 0 with --alpha 0."""
-        if not self.args.autotune and self.args.alpha == 0:
-            return torch.zeros((), device=self.device)
-        return self.log_alpha.detach().exp().squeeze()
-
-    def critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One gradient step of eq. (3) on the TD target (2) -- bootstrapped from actor 0 --, then
-        the target update (9)."""
-        args = self.args
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(batch["next_obs"])
-            next_q = self.target_critics(batch["next_obs"], next_actions)
-            next_q_min = next_q.min(dim=0, keepdim=True).values.expand_as(next_q)  # clipped double-Q
-            target = td_target(batch["rewards"], batch["terminations"], next_q_min, next_log_prob, self.alpha,
-                               args.gamma)
-        q_values = self.critics(batch["obs"], batch["actions"])
-        loss = critic_loss(q_values, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_optimizer.step()
-
-        self.critic_updates += 1
-        update_target(self.critics, self.target_critics, args.tau)
-        # the per-critic losses and mean Q are only logged every log_every steps: `loss_scalars`
-        # derives them from these two tensors then, instead of every update
-        return {"critic_loss": loss.detach(), "q_values": q_values.detach(), "td_target": target}
-
-    def sample_all(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every actor's reparametrized action for the same states: (actions [N, B, A],
-        log pi [N, B], mu [N, B, A], sigma [N, B, A]), eq. (1).
-
-        Only the N trunks run separately; the actors share the env's box and the log-sigma range,
-        so sampling, squashing and log pi run once on the stacked [N, B, ...] tensors (fewer small
-        kernels than N calls of Actor.sample, and the same numbers: with N = 1 it is that call)."""
-        mean, log_std = self.actor.split_params(torch.stack([actor.net(obs) for actor in self.actors]))
-        std = log_std.exp()
-        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
-        actions, log_probs = self.actor.squash_and_log_prob(mean, log_std, std, noise)
-        return actions, log_probs, mean, std
-
-    def actor_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One gradient step of every actor, eqs. (5) and (6), then of the temperature loss (8)."""
-        args, obs = self.args, batch["obs"]
-        n, batch_size = len(self.actors), obs.shape[0]
-        actions, log_probs, means, stds = self.sample_all(obs)
-        # ONE critic pass over the N actors' actions ([N * B] rows) instead of N passes; the critics
-        # are constants here: switching their grads off saves the backward pass into their weights
-        self.critics.requires_grad_(False)
-        obs_rows = obs if n == 1 else obs.repeat(n, 1)
-        q_values = self.critics(obs_rows, actions.reshape(n * batch_size, -1)).min(dim=0).values.view(n, batch_size)
-        self.critics.requires_grad_(True)
-
-        alpha = self.alpha
-        losses = [sac_actor_loss(log_probs[0], q_values[0], alpha)]  # eq. (5): actor 0 is plain SAC
-        if n > 1:
-            # eq. (4) for every i >= 1 at once, each against its predecessor, detached: actor i-1 is
-            # the fixed reference of step i (its own gradient comes only from its own loss)
-            w2 = gaussian_w2_squared(means[1:], stds[1:], means[:-1].detach(), stds[:-1].detach())  # [N-1, B]
-            lam = q_weight(q_values[1:], args.lambda_q, args.normalize_q)
-            losses.append(jko_actor_loss(log_probs[1:], q_values[1:], w2, lam, self.w2_weights_tensor, alpha))  # eq. (6)
-        per_actor = torch.cat([losses[0].view(1), *losses[1:]])  # [N]
-        # one backward for all: each actor's parameters only reach its own term, so the sum
-        # gives each actor exactly the gradient of its own loss
-        total = per_actor.sum()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.actor_optimizer.step()
-
-        out = {"actor_loss": total.detach(), "per_actor_loss": per_actor.detach(),
-               "entropy": -log_probs.detach().mean(dim=1)}
-        if n > 1:
-            out["w2"] = w2.detach().mean(dim=1)
-            out["lambda"] = lam.view(-1) if args.normalize_q else self.lambda_q_tensor
-        if self.alpha_optimizer is not None:
-            alpha_loss = temperature_loss(self.log_alpha, log_probs[0], self.target_entropy)
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
-            out["alpha_loss"] = alpha_loss.detach()
-        return out
-
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One full POSAC update on one batch: the critic step, then every actor's step."""
-        return {**self.critic_step(batch), **self.actor_step(batch)}
-
-    def state_dict(self) -> dict:
-        return {"actors": [actor.state_dict() for actor in self.actors], "critics": self.critics.state_dict(),
-                "target_critics": self.target_critics.state_dict(),
-                "actor_optimizer": self.actor_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(),
-                "log_alpha": self.log_alpha.detach().clone(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
-                "critic_updates": self.critic_updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        for actor, actor_state in zip(self.actors, state["actors"], strict=True):
-            actor.load_state_dict(actor_state)
-        self.critics.load_state_dict(state["critics"])
-        self.target_critics.load_state_dict(state["target_critics"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        if self.alpha_optimizer is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.critic_updates = state["critic_updates"]
-
-
-def crossed(step_before: int, step_after: int, every: int) -> bool:
-    """True when a multiple of `every` lies in (step_before, step_after]: with N envs the step
-    counter moves N at a time and may jump over the exact multiple."""
-    return every > 0 and step_after // every > step_before // every
-
-
-# =============================================================================================
-# The training run
-# =============================================================================================
-def train(args: Args) -> dict:
-    """Run (or resume) one POSAC training run; return its final figures (also in summary.json)."""
-    action_space = validate_args(args)  # ConfigError before any work
-    device = pick_device(args.cuda)
-    checkpoint = load_compatible_checkpoint(args, device) if args.resume else None
-    if args.capture_video and "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless MuJoCo rendering
-
-    # ---- the run folder: new, or the one the checkpoint lives in --------------------------
-    if checkpoint is None:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.output_dir, run_name)
-        os.makedirs(run_dir, exist_ok=False)
-    else:
-        run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
-        run_name = os.path.basename(run_dir)
-    args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
-    atomic_write_text(os.path.join(run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
-
-    seed_everything(args.seed, args.torch_deterministic)
-
-    # ---- environments: training (vectorized) and evaluation (separate, separately seeded) --
-    # SAME_STEP autoreset: when an episode ends, step() returns the next episode's first obs and
-    # puts the last obs of the ended episode in infos["final_obs"] -- needed to bootstrap a
-    # truncated episode from its true final state.
-    envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    video_folder = os.path.join(run_dir, "videos") if args.capture_video else None
-    eval_env = make_env(args.env_id, args.seed + 100_000, video_folder)()
-    if video_folder is not None:  # film the first (deterministic) episode of every actor's evaluation
-        eval_env.env.episode_trigger = lambda episode: episode % (2 * args.eval_episodes) == 0
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    action_dim = int(np.prod(action_space.shape))
-
-    agent = POSAC(args, obs_dim, action_space, device)
-    buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device, seed=args.seed)
-    eval_generator = torch.Generator(device=device)
-    eval_generator.manual_seed(args.seed + 1)
-
-    global_step, train_time, train_steps, episodes, last_return = 0, 0.0, 0, 0, float("nan")
-    if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["replay_buffer"])
-        set_rng_states(checkpoint["rng"])
-        eval_generator.set_state(checkpoint["eval_generator"])
-        global_step, train_time, train_steps = checkpoint["global_step"], checkpoint["train_time"], checkpoint["train_steps"]
-        episodes, last_return = checkpoint["episodes"], checkpoint["last_return"]
-        print(f"resumed {run_name} at step {global_step} from {checkpoint['path']}")
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    last_good_checkpoint_step = global_step if checkpoint is not None else None
-
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=run_name, id=run_name, resume="allow", save_code=True,
-                   dir=run_dir)  # wandb/ inside the run folder, not the working directory
-    logger = RunLogger(run_dir, resume_step=global_step if checkpoint is not None else None,
-                       num_actors=args.num_actors)
-
-    def checkpoint_state() -> dict:
-        return {"algorithm": ALGORITHM, "args": asdict(args), "global_step": global_step,
-                "train_time": train_time, "train_steps": train_steps, "episodes": episodes,
-                "last_return": last_return, "agent": agent.state_dict(),
-                "replay_buffer": buffer.state_dict(), "rng": rng_states(),
-                "eval_generator": eval_generator.get_state()}
-
-    def run_evaluation(step: int) -> list[dict]:
-        """Every actor, deterministic then stochastic, printed in the source's format."""
-        results = []
-        print(f"Evaluation over {args.eval_episodes} episodes (step {step}):", flush=True)
-        for i, actor in enumerate(agent.actors):
-            means = {}
-            for mode in ("deterministic", "stochastic"):
-                returns = evaluate(actor, eval_env, args.eval_episodes, args.seed + 100_000,
-                                   mode == "deterministic", device, eval_generator)
-                logger.evaluation(step, i, mode, returns)
-                means[mode] = float(returns.mean())
-                results.append({"policy": i, "mode": mode, "mean_return": means[mode],
-                                "std_return": float(returns.std()), "episodes": len(returns)})
-                print(f"  Actor {i} - {mode.capitalize()}: {means[mode]:.2f}", flush=True)
-            logger.actor_array(step, i, means["deterministic"], means["stochastic"])
-        return results
-
-    # a non-finite loss flag accumulated on the device; read only at log/checkpoint time
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    losses: dict[str, torch.Tensor] = {}
-
-    def stop_if_nonfinite() -> None:
-        if bool(nonfinite):
-            where = (f"{checkpoint_path} (step {last_good_checkpoint_step})" if last_good_checkpoint_step is not None
-                     else "none was written yet")
-            raise NonFiniteLossError(f"a loss became NaN or infinite by step {global_step}; stopped without "
-                                     f"saving the broken networks. Last good checkpoint: {where}")
-
-    start_time, start_step = time.time(), global_step
-    low, high = action_space.low, action_space.high
-    if checkpoint is None:
-        obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
-    else:  # the env state is not in the checkpoint: the interrupted episode restarts
-        obs, _ = envs.reset(seed=[args.seed + global_step + i for i in range(args.num_envs)])
-    final_eval: list[dict] = []
-    interrupted = False
+def video_problem(env_id: str) -> Optional[str]:
+    """Why --capture-video cannot work here (None when it can): the video writer (moviepy) must be
+    installed and the env must render one frame headless. The frame is rendered in a child
+    process, so a missing OpenGL library cannot crash or litter this one."""
     try:
-        with StopSignal() as stop:
-            while global_step < args.total_timesteps:
-                if stop.received is not None:
-                    interrupted = True
-                    break
-                iteration_start = time.time()
-                # ---- ALGO LOGIC: act (uniform random first, then actor 0's stochastic policy) ----
-                if global_step < args.random_steps:
-                    actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
-                else:
-                    with torch.no_grad():
-                        actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
-                    actions = np.clip(actions.cpu().numpy(), low, high)  # float32 rounding at the bounds
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        import moviepy  # noqa: F401
+    except ImportError:
+        return "--capture-video needs moviepy to write the videos: pip install -e \".[video]\" (or pip install moviepy)"
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless MuJoCo rendering, also in the child
+    try:
+        probe = subprocess.run([sys.executable, "-c", RENDER_PROBE, env_id], capture_output=True, text=True,
+                               timeout=300, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return f"--capture-video: rendering one frame of {env_id} did not finish in 300 s"
+    if probe.returncode == 0:
+        return None
+    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit code {probe.returncode}"
+    return (f"--capture-video: {env_id} cannot render here ({reason[:200]}). MuJoCo renders headless with "
+            f"MUJOCO_GL={os.environ.get('MUJOCO_GL', 'glfw')}: for osmesa install OSMesa (apt-get install "
+            "libosmesa6); on an NVIDIA machine use MUJOCO_GL=egl; with a display unset MUJOCO_GL")
 
-                # ---- TRY NOT TO MODIFY: record finished episodes --------------------------------
-                finished_stats = []
-                if "final_info" in infos:
-                    stats = infos["final_info"]["episode"]
-                    for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                        finished_stats.append((float(stats["r"][i]), int(stats["l"][i])))
 
-                # the true next state: on an episode end the vector env already reset, so take the
-                # final observation; terminations (not truncations) stop the bootstrap in eq. (2)
-                real_next_obs = next_obs.copy()
-                if "_final_obs" in infos:
-                    for i in np.flatnonzero(infos["_final_obs"]):
-                        real_next_obs[i] = infos["final_obs"][i]
-                buffer.add(obs, real_next_obs, actions, rewards, terminations)
-                obs = next_obs
-                step_before, global_step = global_step, global_step + args.num_envs
-
-                # ---- ALGO LOGIC: training: critic step (2)-(3), then every actor (5)-(6) -------------
-                if global_step > args.learning_starts:
-                    for _ in range(args.updates_per_step):
-                        losses = agent.update(buffer.sample(args.batch_size))
-                        nonfinite |= ~torch.isfinite(losses["critic_loss"]) | ~torch.isfinite(losses["actor_loss"])
-                    train_time += time.time() - iteration_start
-                    train_steps += args.num_envs
-
-                # ---- TRY NOT TO MODIFY: logging, evaluation, checkpoints ------------------------
-                episodes_before = episodes
-                for episode_return, episode_length in finished_stats:
-                    episodes, last_return = episodes + 1, episode_return
-                    logger.scalars(global_step, {"charts/episodic_return": episode_return,
-                                                 "charts/episodic_length": episode_length})
-                if crossed(step_before, global_step, args.log_every):
-                    stop_if_nonfinite()
-                    sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
-                    scalars = {"charts/SPS": sps}
-                    if losses:
-                        scalars.update(loss_scalars(losses, agent))
-                    logger.scalars(global_step, scalars)
-                    eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                    print(f"step {global_step}/{args.total_timesteps} | SPS {sps:.0f} | last return "
-                          f"{last_return:.2f} | episodes {episodes} | ETA {format_duration(eta)}", flush=True)
-                if args.eval_freq_episodes is not None:  # the source's schedule: every k training episodes
-                    evaluation_due = crossed(episodes_before, episodes, args.eval_freq_episodes)
-                else:
-                    evaluation_due = crossed(step_before, global_step, args.eval_every)
-                if evaluation_due and global_step < args.total_timesteps:
-                    stop_if_nonfinite()
-                    run_evaluation(global_step)
-                if crossed(step_before, global_step, args.checkpoint_every) and global_step < args.total_timesteps:
-                    stop_if_nonfinite()
-                    save_checkpoint(checkpoint_path, checkpoint_state())
-                    last_good_checkpoint_step = global_step
-
-            stop_if_nonfinite()
-            save_checkpoint(checkpoint_path, checkpoint_state())
-            last_good_checkpoint_step = global_step
-            if interrupted:
-                command = " ".join([os.path.basename(sys.argv[0]) or f"{ALGORITHM}.py"] +
-                                   strip_resume_flag(sys.argv[1:]) + ["--resume", run_dir])
-                print(f"stopped at step {global_step}; checkpoint written to {checkpoint_path}.\n"
-                      f"Resume with: python {command}", file=sys.stderr, flush=True)
-            else:
-                final_eval = run_evaluation(global_step)
+# ---- --evaluate: play a saved run's policies -------------------------------------------------
+def evaluate_saved_run(cli_args: Args) -> dict:
+    """--evaluate RUN_FOLDER: load the run's latest checkpoint (as data, checked) and its settings
+    (args.json), play --eval-episodes episodes per mode with every policy on an env reset with
+    seeds --seed + 200000 onwards (not the training run's evaluation states), and print mean +- std.
+    With --capture-video every episode is filmed to RUN_FOLDER/videos/evaluate-<time>/. Trains
+    nothing and writes no other file of the run, so it works on a run that is still going."""
+    checkpoint = read_checkpoint(cli_args.evaluate, flag="--evaluate")
+    run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
+    args = saved_args(run_dir, checkpoint, cli_args)
+    action_space = validate_args(args)
+    device = pick_device(args.cuda)
+    video_folder = None
+    if args.capture_video:
+        video_folder = os.path.join(run_dir, "videos", f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    env = make_env(args.env_id, args.seed + 200_000, video_folder)()
+    if video_folder is not None:
+        env.env.episode_trigger = lambda episode: True  # film every episode
+    agent = Agent(args, int(np.prod(env.observation_space.shape)), action_space, device)
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        env.close()
+        raise ConfigError(f"--evaluate {cli_args.evaluate}: {checkpoint['path']} does not fit its args.json "
+                          f"({one_line(error)})") from None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(args.seed + 200_000)
+    print(f"evaluating {run_dir} at step {checkpoint['global_step']}: {args.eval_episodes} episodes per mode, "
+          f"env seeds {args.seed + 200_000}..{args.seed + 200_000 + args.eval_episodes - 1}", flush=True)
+    results = []
+    try:
+        for i, policy in enumerate(agent.policies):
+            for mode in ("deterministic", "stochastic"):
+                returns = evaluate(policy, env, args.eval_episodes, args.seed + 200_000, mode == "deterministic",
+                                   device, generator)
+                results.append({"policy": i, "mode": mode, "mean_return": float(returns.mean()),
+                                "std_return": float(returns.std()), "episodes": len(returns)})
+                print(f"  actor {i} {mode}: {returns.mean():.2f} +- {returns.std():.2f}", flush=True)
     finally:
-        logger.close()
-        envs.close()
-        eval_env.close()
-        if args.track:
-            import wandb
-
-            wandb.finish()
-
-    wall_time = time.time() - start_time
-    summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed, "global_step": global_step,
-               "total_timesteps": args.total_timesteps,
-               "sps": (global_step - start_step) / max(wall_time, 1e-9),
-               "train_sps": train_steps / train_time if train_time > 0 else float("nan"),
-               "wall_time_s": wall_time, "final_eval": final_eval}
-    if not interrupted:
-        atomic_write_text(os.path.join(run_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
-    return {**summary, "run_dir": run_dir, "interrupted": interrupted}
+        env.close()
+    if video_folder is not None:
+        print(f"videos: {video_folder}", flush=True)
+    return {"run_dir": run_dir, "global_step": checkpoint["global_step"], "evaluation": results,
+            "interrupted": False}
 
 
-def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, float]:
-    """The CleanRL-named scalars of the latest update (the only place losses leave the device),
-    plus one W2, entropy and loss per actor."""
-    q_values, target = losses["q_values"], losses["td_target"]
-    per_critic = (q_values - target).pow(2).mean(dim=1).tolist()
-    q_means = q_values.mean(dim=1).tolist()
-    per_actor = losses["per_actor_loss"].tolist()
-    entropies = losses["entropy"].tolist()
-    scalars = {f"losses/qf{i + 1}_loss": value for i, value in enumerate(per_critic)}
-    scalars.update({f"losses/qf{i + 1}_values": value for i, value in enumerate(q_means)})
-    scalars["losses/qf_loss"] = float(losses["critic_loss"]) / len(per_critic)
-    scalars["losses/actor_loss"] = per_actor[0]  # actor 0's: the SAC actor loss, comparable with SAC's
-    scalars["losses/alpha"] = float(agent.alpha)
-    scalars["losses/entropy"] = entropies[0]
-    for i, (loss, entropy) in enumerate(zip(per_actor, entropies)):
-        scalars[f"losses/actor_loss_{i}"] = loss
-        scalars[f"losses/entropy_actor_{i}"] = entropy
-    if "w2" in losses:  # actor i's W2^2 to actor i-1, eq. (4), and its lambda, eq. (7)
-        for i, (w2, lam) in enumerate(zip(losses["w2"].tolist(), losses["lambda"].tolist()), start=1):
-            scalars[f"losses/w2_actor_{i}"] = w2
-            scalars[f"losses/lambda_actor_{i}"] = lam
-    if "alpha_loss" in losses:
-        scalars["losses/alpha_loss"] = float(losses["alpha_loss"])
-    return scalars
+def saved_args(run_dir: str, checkpoint: dict, cli_args: Args) -> Args:
+    """The run's own settings (its args.json, else the checkpoint's copy), with this command's
+    --eval-episodes, --capture-video, --seed and --cuda."""
+    path = os.path.join(run_dir, "args.json")
+    saved = checkpoint["args"]
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)["args"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"--evaluate {cli_args.evaluate}: cannot read {path} ({one_line(error)})") from None
+    known = {f.name for f in fields(Args)}
+    if not isinstance(saved, dict) or set(saved) - known:
+        raise ConfigError(f"--evaluate {cli_args.evaluate}: {path} holds fields this script does not have: "
+                          f"{', '.join(sorted(set(saved) - known)) if isinstance(saved, dict) else saved!r}")
+    args = Args(**saved)
+    for name in ("eval_episodes", "capture_video", "seed", "cuda"):
+        setattr(args, name, getattr(cli_args, name))
+    args.resume, args.evaluate = None, None
+    return args
 
 
+# ---- --config FILE.yaml: a file of defaults, e.g. the course's experiment files -------------
+def config_defaults(argv: list[str]) -> Optional[Args]:
+    """The Args a `--config FILE.yaml` (or `-cfg FILE`) in argv stands for, None without one.
+
+    The file's keys set the defaults and the command line still wins. A key is a field of Args
+    (snake_case) or a name from CONFIG_KEYS (Part 1: the source's names, e.g. the course's
+    env_name, total_steps, discount); `base_config`, if present, must name this script's
+    CONFIG_BASE. An unknown key or a value of the wrong type is one ConfigError naming the key."""
+    path = None
+    for i, item in enumerate(argv):
+        if item in ("--config", "-cfg") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif item.startswith("--config="):
+            path = item.split("=", 1)[1]
+    if path is None:
+        return None
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("--config needs PyYAML: pip install pyyaml") from None
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)  # data only: safe_load builds no Python objects
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"--config {path}: cannot read it ({one_line(error)})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys to values, got a {type(values).__name__}")
+    hints = typing.get_type_hints(Args, include_extras=True)
+    settings: dict = {}
+    for key, value in values.items():
+        if key == "base_config":
+            if value != CONFIG_BASE:
+                raise ConfigError(f"--config {path}: base_config '{value}' is not this script's ('{CONFIG_BASE}')")
+            continue
+        target, implied = CONFIG_KEYS.get(key, (key, {}))
+        if target not in hints or target in ("config", "resume", "evaluate"):
+            raise ConfigError(f"--config {path}: unknown key '{key}'")
+        if not value_fits(value, hints[target]):
+            raise ConfigError(f"--config {path}: '{key}' must be {type_name(hints[target])}, got {value!r}")
+        settings[target] = list(value) if isinstance(value, list) else value
+        for name, implied_value in implied.items():
+            settings.setdefault(name, implied_value)
+    for name, value in settings.items():
+        if isinstance(value, list):
+            settings[name] = tuple(value)
+    return Args(**settings, config=path)
+
+
+def value_fits(value, hint) -> bool:
+    """Whether a YAML value fits an Args field's type (bool is not an int; an int is a float)."""
+    origin, inner = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return value_fits(value, inner[0])
+    if origin is typing.Union:
+        return any(value_fits(value, option) for option in inner)
+    if origin is typing.Literal:
+        return value in inner
+    if origin is tuple:
+        return isinstance(value, list) and all(value_fits(v, inner[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def type_name(hint) -> str:
+    origin, inner = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return type_name(inner[0])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in inner)
+    if origin is typing.Union:
+        return " or ".join(type_name(option) for option in inner)
+    if origin is tuple:
+        return "a list"
+    return "None" if hint is type(None) else f"a {hint.__name__}"
+
+
+# ---- the command line ----------------------------------------------------------------------
 def strip_resume_flag(argv: list[str]) -> list[str]:
     """argv without an existing --resume and its value (the message adds the right one)."""
     out, skip = [], False
@@ -1205,24 +1527,24 @@ def strip_resume_flag(argv: list[str]) -> list[str]:
     return out
 
 
-def run_cli(args_type: type, train_function, program: str, description: str) -> None:
-    """Parse the command line into `args_type`, train, and exit with the code every script of this
-    project uses: 0 done, 1 stopped on a non-finite loss, 2 bad input (one `error:` line, before
-    any work), 130 interrupted by Ctrl-C / SIGTERM (after writing the checkpoint)."""
-    args = tyro.cli(args_type, description=description)
+def main() -> None:
+    """Parse the command line into Args (over a --config file's defaults), train or --evaluate,
+    and exit with the code every script of this project uses: 0 done, 1 stopped on a non-finite
+    loss, 2 bad input (one `error:` line, before any work), 130 interrupted by Ctrl-C / SIGTERM
+    (after writing the checkpoint)."""
     try:
-        result = train_function(args)
+        defaults = config_defaults(sys.argv[1:])
+        args = tyro.cli(Args, description=__doc__.split("\n\n")[0], default=defaults)
+        if args.evaluate is not None and args.resume is not None:
+            raise ConfigError("--evaluate and --resume exclude each other")
+        result = evaluate_saved_run(args) if args.evaluate is not None else train(args)
     except ConfigError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
+        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
+        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
         sys.exit(1)
     sys.exit(130 if result["interrupted"] else 0)
-
-
-def main() -> None:
-    run_cli(Args, train, f"{ALGORITHM}.py", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ alpha tuned towards the target entropy -dim(A)); this file only adds the contrac
   train/ent_coef_loss losses/alpha_loss), eval.csv with deterministic and stochastic evaluation
   on a separately seeded env, summary.json (train_sps counts steps after learning_starts and
   excludes evaluation and checkpoint time);
-- checkpoint.pt: a zip holding model.save() (networks, optimizers, alpha, step counters),
-  save_replay_buffer(), the RNG states and the bookkeeping, written to a temp file and renamed
-  (atomic), every --checkpoint-every steps, on SIGINT/SIGTERM and at the end; --resume continues
-  it (the interrupted episode restarts: env states are not saved);
+- checkpoint.pt: plain data only (one torch.save of dicts, tensors and numbers, read back with
+  torch.load(weights_only=True), so a checkpoint from anyone cannot run code): SB3's
+  get_parameters() (networks, target critics, optimizers), alpha, the step counters, the filled
+  part of the replay buffer, the RNG states and the bookkeeping; written to a temp file, fsynced
+  and renamed (atomic) every --checkpoint-every steps, on SIGINT/SIGTERM and at the end;
+  --resume builds a fresh SAC the way a new run does, loads it into that and continues (the
+  interrupted episode restarts: env states are not saved);
 - exit codes: 0 done, 2 bad input, 130 interrupted, 1 non-finite loss.
 
 Settings match sac_continuous.py's defaults where SB3 allows: net_arch 256x256, batch 256,
@@ -26,15 +29,13 @@ them: one learning rate for actor, critic and alpha (3e-4), log sigma clamped to
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import os
-import pickle
 import random
 import signal
 import sys
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,13 +43,13 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 # The bookkeeping every run of this project shares (errors, logging to TensorBoard/metrics.csv/
 # eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed,  # noqa: E402
-                            run_cli, strip_resume_flag)
+from sac_continuous import ConfigError, NonFiniteLossError, RunLogger, crossed, strip_resume_flag  # noqa: E402
 
 ALGORITHM = "sb3_sac"
 
@@ -150,39 +151,312 @@ def library_versions() -> dict[str, str]:
 
 
 # checkpoints -----------------------------------------------------------------------------------
+# A checkpoint is one torch.save of plain data (dicts, lists, tensors, numbers, strings, None), so
+# --resume reads it with torch.load(weights_only=True), which refuses any other Python object:
+# a checkpoint shared by someone else cannot run code when it is loaded. SB3's own model.save /
+# SAC.load and save_replay_buffer / load_replay_buffer unpickle, so they are not used.
+CHECKPOINT_FORMAT = 2
+BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+# the bookkeeping dict of the run (train() and the callback keep it), and the kind of each value
+STATE_FIELDS = {"global_step": (int,), "train_time": (int, float), "train_steps": (int,), "episodes": (int,),
+                "last_return": (int, float), "last_good_step": (int, type(None))}
+
+
+def make_model(args: Args, envs, device: str):
+    """The SAC of a run, untrained: a new run trains it, --resume loads a checkpoint into it (one
+    constructor for both, so a resumed model cannot differ from a new one)."""
+    from stable_baselines3 import SAC
+
+    return SAC("MlpPolicy", envs, learning_rate=args.learning_rate, buffer_size=args.buffer_size,
+               learning_starts=args.learning_starts, batch_size=args.batch_size, tau=args.tau, gamma=args.gamma,
+               train_freq=1, gradient_steps=1, ent_coef="auto",
+               policy_kwargs=dict(net_arch=[args.hidden_size, args.hidden_size]),
+               seed=args.seed, device=device, verbose=0)
+
+
+def rng_states() -> dict:
+    """The global random streams (python, NumPy, torch, CUDA) as tensors and numbers, which a
+    weights_only load accepts; set_rng_states restores them bit for bit."""
+    version, mersenne_state, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": {"version": int(version), "state": torch.tensor(mersenne_state, dtype=torch.int64),
+                       "gauss_next": gauss_next},
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(states: dict) -> None:
+    python, numpy_state = states["python"], states["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():  # the GPUs this machine has
+        for index, cuda_state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_checkpoint(path: Path, model, state: dict) -> None:
-    """model.save + save_replay_buffer + bookkeeping into one zip, written atomically."""
-    tmp, buffer_tmp = path.with_name(path.name + ".tmp"), path.with_name("replay_buffer.pkl.tmp")
-    model_bytes = io.BytesIO()
-    model.save(model_bytes)
-    with open(buffer_tmp, "wb") as f:  # through a file: a 1M-step buffer is not held twice in memory
-        model.save_replay_buffer(f)
-    with zipfile.ZipFile(tmp, "w") as zf:
-        zf.writestr("model.zip", model_bytes.getvalue())
-        zf.write(buffer_tmp, "replay_buffer.pkl")
-        zf.writestr("state.json", json.dumps(state))
-        zf.writestr("rng.pkl", pickle.dumps({"python": random.getstate(), "numpy": np.random.get_state(),
-                                             "torch": torch.get_rng_state()}))
+    """Everything --resume needs, as plain data, in one torch.save: to a temp file, fsync, then
+    os.replace, so a crash or kill mid-write leaves the previous checkpoint intact.
+
+    Besides get_parameters() (policy with actor, critics and target critics; the actor, critic
+    and alpha optimizers), SAC keeps state of its own: log_ent_coef (alpha; the target entropy is
+    derived from the action space), the counters, and the action space's generator, which draws
+    the uniform random actions before --learning-starts."""
+    buffer = model.replay_buffer
+    filled = buffer.buffer_size if buffer.full else buffer.pos
+    log_ent_coef = getattr(model, "log_ent_coef", None)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "algorithm": ALGORITHM,
+        "state": dict(state),
+        "parameters": model.get_parameters(),
+        "log_ent_coef": None if log_ent_coef is None else log_ent_coef.detach().cpu(),
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num),
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+        # only the filled rows (views of SB3's arrays, not copies)
+        "replay_buffer": {"pos": int(buffer.pos), "full": int(buffer.full),
+                          **{name: torch.from_numpy(getattr(buffer, name)[:filled]) for name in BUFFER_ARRAYS}},
+        "rng": rng_states(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    buffer_tmp.unlink()
 
 
-def load_checkpoint(path: Path, env, device: str):
-    """(model with its replay buffer, bookkeeping state); restores the global RNG states."""
-    from stable_baselines3 import SAC
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's can run to a page)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
 
-    with zipfile.ZipFile(path) as zf:
-        model = SAC.load(io.BytesIO(zf.read("model.zip")), env=env, device=device)
-        with zf.open("replay_buffer.pkl") as f:
-            model.load_replay_buffer(io.BufferedReader(f))
-        state = json.loads(zf.read("state.json"))
-        rng = pickle.loads(zf.read("rng.pkl"))
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    return model, state
+
+def is_a(value, kinds: tuple) -> bool:
+    """isinstance, except that a bool is not a number here."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def checkpoint_problem(checkpoint) -> Optional[str]:
+    """What is wrong with the structure of a loaded checkpoint, or None. Shapes are checked
+    against the model in load_checkpoint."""
+    if not isinstance(checkpoint, dict):
+        return f"it holds a {type(checkpoint).__name__}, not a checkpoint"
+    if checkpoint.get("algorithm") != ALGORITHM:
+        return f"it is a checkpoint of {checkpoint.get('algorithm')!r}, not of {ALGORITHM}"
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        return (f"checkpoint format {checkpoint.get('format')!r}; this script reads format {CHECKPOINT_FORMAT} "
+                "(written by another version of it)")
+    fields = {"state": (dict,), "parameters": (dict,), "log_ent_coef": (torch.Tensor, type(None)),
+              "num_timesteps": (int,), "n_updates": (int,), "episode_num": (int,), "action_space_rng": (dict,),
+              "replay_buffer": (dict,), "rng": (dict,)}
+    for key, kinds in fields.items():
+        if key not in checkpoint:
+            return f"the checkpoint lacks '{key}'"
+        if not is_a(checkpoint[key], kinds):
+            return f"the checkpoint's '{key}' is a {type(checkpoint[key]).__name__}"
+    for key in ("num_timesteps", "n_updates", "episode_num"):
+        if checkpoint[key] < 0:
+            return f"the checkpoint's '{key}' is negative ({checkpoint[key]})"
+    state = checkpoint["state"]
+    for key, kinds in STATE_FIELDS.items():
+        if key not in state:
+            return f"the checkpoint's 'state' lacks '{key}'"
+        if not is_a(state[key], kinds):
+            return f"the checkpoint's state '{key}' is a {type(state[key]).__name__}"
+        if is_a(state[key], (int,)) and state[key] < 0:
+            return f"the checkpoint's state '{key}' is negative ({state[key]})"
+    if state["global_step"] != checkpoint["num_timesteps"]:
+        return f"its step counters disagree ({state['global_step']} and {checkpoint['num_timesteps']})"
+    buffer = checkpoint["replay_buffer"]
+    for key in ("pos", "full", *BUFFER_ARRAYS):
+        if key not in buffer:
+            return f"the checkpoint's replay buffer lacks '{key}'"
+        if not is_a(buffer[key], (torch.Tensor,) if key in BUFFER_ARRAYS else (int,)):
+            return f"the checkpoint's replay buffer '{key}' is a {type(buffer[key]).__name__}"
+    rng = checkpoint["rng"]
+    kinds = {"python": {"version": (int,), "state": (torch.Tensor,), "gauss_next": (float, type(None))},
+             "numpy": {"keys": (torch.Tensor,), "position": (int,), "has_gauss": (int,), "cached_gaussian": (int, float)}}
+    for stream, fields_of_stream in kinds.items():
+        if not isinstance(rng.get(stream), dict):
+            return f"the checkpoint's RNG states lack '{stream}'"
+        for key, kinds_of_field in fields_of_stream.items():
+            if not is_a(rng[stream].get(key), kinds_of_field):
+                return f"the checkpoint's {stream} RNG state '{key}' is missing or a {type(rng[stream].get(key)).__name__}"
+    if not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
+        return "the checkpoint's torch RNG state is missing or not a uint8 tensor"
+    if "cuda" not in rng or not (rng["cuda"] is None or (isinstance(rng["cuda"], list) and all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in rng["cuda"]))):
+        return "the checkpoint's CUDA RNG states are missing or not a list of uint8 tensors"
+    return None
+
+
+def shape(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape)
+
+
+def parameters_problem(saved: dict, model) -> Optional[str]:
+    """Whether get_parameters() of the checkpoint fits this run's model: the same objects, the
+    same tensors with the same shapes (a checkpoint of another --hidden-size or --env-id does not),
+    and optimizer states that match the parameters they belong to."""
+    expected = model.get_parameters()
+    if set(saved) != set(expected):
+        return f"its parameters hold {sorted(saved)}, this model needs {sorted(expected)}"
+    for name, ours in expected.items():
+        theirs = saved[name]
+        if not isinstance(theirs, dict):
+            return f"its parameters '{name}' are a {type(theirs).__name__}"
+        if "param_groups" not in ours:  # a module's state_dict
+            if set(theirs) != set(ours):
+                diff = sorted(set(theirs) ^ set(ours))
+                return f"its '{name}' state does not match this model ({', '.join(diff[:3])}, ...)"
+            for key, tensor in ours.items():
+                if not isinstance(theirs[key], torch.Tensor) or shape(theirs[key]) != shape(tensor):
+                    found = shape(theirs[key]) if isinstance(theirs[key], torch.Tensor) else type(theirs[key]).__name__
+                    return (f"its '{name}' tensor '{key}' is {found}, this model needs {shape(tensor)} "
+                            "(was it written with other --env-id, --hidden-size or --num-envs?)")
+            continue
+        # an optimizer's state_dict: groups of parameter ids, and per-id state (Adam: step, moments)
+        groups, state = theirs.get("param_groups"), theirs.get("state")
+        if not isinstance(groups, list) or not isinstance(state, dict) or len(groups) != len(ours["param_groups"]):
+            return f"its optimizer state '{name}' is malformed"
+        optimizer = functools.reduce(getattr, name.split("."), model)  # e.g. "actor.optimizer"
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        ids = []
+        for group, our_group in zip(groups, ours["param_groups"]):
+            if not isinstance(group, dict) or not isinstance(group.get("params"), list) \
+                    or len(group["params"]) != len(our_group["params"]):
+                return f"its optimizer state '{name}' has other parameter groups than this model"
+            ids += group["params"]
+        for param_id, param in zip(ids, params):
+            entry = state.get(param_id, {})
+            if not isinstance(entry, dict):
+                return f"its optimizer state '{name}' is malformed"
+            for key, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    return f"its optimizer state '{name}' holds a {type(value).__name__} as '{key}'"
+                if value.dim() > 0 and (shape(value) != shape(param) or value.dtype != param.dtype):
+                    return (f"its optimizer state '{name}' '{key}' is {shape(value)} {value.dtype}, the parameter "
+                            f"is {shape(param)} {param.dtype}")
+        if set(state) - set(ids):
+            return f"its optimizer state '{name}' holds state of unknown parameters"
+    return None
+
+
+def setting_kind(value) -> str:
+    """What an optimizer setting is, as far as the optimizer's arithmetic cares."""
+    if isinstance(value, (bool, type(None))):
+        return "flag"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (tuple, list)) and all(setting_kind(v) == "number" for v in value):
+        return f"{len(value)} numbers"
+    return type(value).__name__
+
+
+def settings_problem(fresh: dict, model) -> Optional[str]:
+    """After loading: whether every optimizer group has the settings a fresh one has (lr, betas,
+    eps, ...), each of the same kind. torch fills in settings that older versions lacked; a group
+    missing others, or holding a string for a number, would fail at the first Adam step."""
+    for name, ours in fresh.items():
+        if "param_groups" not in ours:
+            continue
+        optimizer = functools.reduce(getattr, name.split("."), model)
+        for group, our_group in zip(optimizer.param_groups, ours["param_groups"]):
+            for key, value in our_group.items():
+                if key != "params" and (key not in group or setting_kind(group[key]) != setting_kind(value)):
+                    found = setting_kind(group[key]) if key in group else "missing"
+                    return f"its optimizer '{name}' setting '{key}' is {found}, not a {setting_kind(value)}"
+    return None
+
+
+def buffer_problem(saved: dict, buffer) -> Optional[str]:
+    """Whether the saved replay buffer fits this run's (SB3's arrays are (capacity, num_envs, ...))."""
+    pos, full = saved["pos"], saved["full"]
+    if full not in (0, 1) or not 0 <= pos < buffer.buffer_size:
+        return f"its replay buffer position {pos} (full {full}) does not fit a buffer of {buffer.buffer_size} rows"
+    rows = buffer.buffer_size if full else pos
+    for name in BUFFER_ARRAYS:
+        ours, theirs = getattr(buffer, name), saved[name]
+        want = (rows, *ours.shape[1:])
+        if shape(theirs) != want or theirs.dtype != torch.from_numpy(ours[:0]).dtype:
+            return (f"its replay buffer '{name}' is {shape(theirs)} {theirs.dtype}, this run needs {want} "
+                    f"{ours.dtype} (was it written with other --env-id, --buffer-size or --num-envs?)")
+    return None
+
+
+def load_checkpoint(path: Path, args: Args, envs, device: str):
+    """(model with its replay buffer, bookkeeping state), from a checkpoint read as data only;
+    restores the global RNG states. The model is a fresh make_model() with the checkpoint loaded
+    into it. Every problem is one ConfigError naming the file, raised before anything changes."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"cannot resume from {path}: {why}")
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # objects refused by weights_only, a truncated, empty or foreign file
+        try:
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # not a torch.save zip at all
+            unsafe = []
+        if unsafe:
+            raise refuse(f"it asks to build Python objects ({', '.join(unsafe[:3])}); a checkpoint is data only, "
+                         "so it was not loaded") from None
+        raise refuse(f"cannot read it ({first_line(error)})") from None
+    try:
+        problem = checkpoint_problem(checkpoint)
+    except Exception as error:  # odd data (unhashable or uncomparable values) where numbers belong
+        problem = f"its structure is malformed ({first_line(error)})"
+    if problem is not None:
+        raise refuse(problem)
+
+    model = make_model(args, envs, device)
+    log_ent_coef, saved_alpha = getattr(model, "log_ent_coef", None), checkpoint["log_ent_coef"]
+    try:
+        problem = parameters_problem(checkpoint["parameters"], model) or buffer_problem(
+            checkpoint["replay_buffer"], model.replay_buffer)
+    except Exception as error:
+        problem = f"its parameters or replay buffer are malformed ({first_line(error)})"
+    if problem is None and (log_ent_coef is None) != (saved_alpha is None):
+        problem = "its alpha (log_ent_coef) does not match this model's (tuned vs fixed)"
+    if problem is None and saved_alpha is not None and shape(saved_alpha) != shape(log_ent_coef):
+        problem = f"its log_ent_coef is {shape(saved_alpha)}, this model needs {shape(log_ent_coef)}"
+    if problem is not None:
+        raise refuse(problem)
+    stage = "its networks and optimizers do not load"
+    try:
+        fresh = model.get_parameters()
+        model.set_parameters(checkpoint["parameters"], exact_match=True, device=device)
+        problem = settings_problem(fresh, model)
+        if problem is not None:
+            raise ValueError(problem)
+        if saved_alpha is not None:
+            with torch.no_grad():  # in place: the alpha optimizer holds this very tensor
+                log_ent_coef.copy_(saved_alpha)
+        stage = "its action-space generator state does not load"
+        space_rng = model.action_space.np_random.bit_generator  # draws the actions before --learning-starts
+        if checkpoint["action_space_rng"].get("bit_generator") != type(space_rng).__name__:
+            raise ValueError(f"it is not a {type(space_rng).__name__} state")
+        space_rng.state = checkpoint["action_space_rng"]
+        stage = "its RNG states do not load"
+        set_rng_states(checkpoint["rng"])
+    except Exception as error:  # a malformed optimizer, generator or RNG state
+        raise refuse(f"{stage} ({first_line(error)})") from None
+    model.num_timesteps = checkpoint["num_timesteps"]
+    model._n_updates = checkpoint["n_updates"]
+    model._episode_num = checkpoint["episode_num"]
+    buffer, saved = model.replay_buffer, checkpoint["replay_buffer"]
+    for name in BUFFER_ARRAYS:
+        array = getattr(buffer, name)
+        array[:len(saved[name])] = saved[name].numpy()
+    buffer.pos, buffer.full = saved["pos"], bool(saved["full"])
+    return model, checkpoint["state"]
 
 
 # evaluation ------------------------------------------------------------------------------------
@@ -288,44 +562,45 @@ def make_callback(args: Args, run_dir: Path, logger: RunLogger, state: dict, eva
     return callback
 
 
-def make_envs(args: Args, run_dir: Path):
+def make_envs(args: Args):
+    """The training envs (DummyVecEnv with Monitor, seeded like SB3 does)."""
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    envs = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed, vec_env_cls=DummyVecEnv)
+    return make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed, vec_env_cls=DummyVecEnv)
+
+
+def make_eval_env(args: Args, run_dir: Path) -> gym.Env:
     eval_env = gym.make(args.env_id, render_mode="rgb_array" if args.capture_video else None)
     if args.capture_video:  # the first deterministic episode of each evaluation
         every = 2 * args.eval_episodes
         eval_env = gym.wrappers.RecordVideo(eval_env, str(run_dir / "videos"), episode_trigger=lambda e: e % every == 0)
-    return envs, eval_env
+    return eval_env
 
 
 def train(args: Args) -> dict:
     """The whole run; returns the summary (plus run_dir and interrupted)."""
-    from stable_baselines3 import SAC
-
     validate(args)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
-    if args.resume:
+    envs = make_envs(args)
+    if args.resume:  # load and check the checkpoint before anything in its folder changes
         run_dir = checkpoint_path(args.resume).parent
+        try:
+            model, state = load_checkpoint(run_dir / "checkpoint.pt", args, envs, device)
+        except BaseException:
+            envs.close()
+            raise
+        envs.seed(args.seed + state["global_step"])  # the interrupted episode restarts
     else:
         run_dir = Path(args.output_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir.mkdir(parents=True, exist_ok=True)
+        model = make_model(args, envs, device)
+        state = {"global_step": 0, "train_time": 0.0, "train_steps": 0, "episodes": 0, "last_return": float("nan"),
+                 "last_good_step": None}
     (run_dir / "args.json").write_text(json.dumps(
         {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}, indent=2))
-    envs, eval_env = make_envs(args, run_dir)
-    state = {"global_step": 0, "train_time": 0.0, "train_steps": 0, "episodes": 0, "last_return": float("nan"),
-             "last_good_step": None}
-    if args.resume:
-        model, state = load_checkpoint(run_dir / "checkpoint.pt", envs, device)
-        envs.seed(args.seed + state["global_step"])  # the interrupted episode restarts
-    else:
-        model = SAC("MlpPolicy", envs, learning_rate=args.learning_rate, buffer_size=args.buffer_size,
-                    learning_starts=args.learning_starts, batch_size=args.batch_size, tau=args.tau, gamma=args.gamma,
-                    train_freq=1, gradient_steps=1, ent_coef="auto",
-                    policy_kwargs=dict(net_arch=[args.hidden_size, args.hidden_size]),
-                    seed=args.seed, device=device, verbose=0)
+    eval_env = make_eval_env(args, run_dir)
     if args.track:
         import wandb
 
@@ -340,6 +615,8 @@ def train(args: Args) -> dict:
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=not args.resume,
                         log_interval=10**9)
+        else:  # a finished run resumed: nothing to learn; the final checkpoint and evaluation again
+            callback.init_callback(model)
         state["global_step"] = int(model.num_timesteps)
         interrupted = callback.stop_signal is not None
         state["last_good_step"] = state["global_step"]
@@ -372,7 +649,15 @@ def train(args: Args) -> dict:
 
 
 def main() -> None:
-    run_cli(Args, train, f"{ALGORITHM}.py", __doc__.split("\n\n")[0])
+    """The exit codes of every script of this project: 0 done, 1 stopped on a non-finite loss,
+    2 bad input (one `error:` line), 130 interrupted (after writing the checkpoint)."""
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+    try:
+        result = train(args)
+    except (ConfigError, NonFiniteLossError) as error:
+        print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    sys.exit(130 if result["interrupted"] else 0)
 
 
 if __name__ == "__main__":

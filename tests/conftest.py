@@ -17,6 +17,26 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# On a bare machine (no libosmesa6, no Slurm) the tests that need them skip, saying why. CI
+# installs both and sets REQUIRE_ALL_TESTS=1 (.ci/run): there a missing piece fails the test
+# instead, so CI proves that video capture and the Slurm sweep really ran.
+REQUIRE_ALL_TESTS = os.environ.get("REQUIRE_ALL_TESTS") == "1"
+
+
+def skip_unless_available(problem: str | None) -> None:
+    """Skip the calling test with `problem` as the reason (or fail it under REQUIRE_ALL_TESTS=1);
+    do nothing when problem is None."""
+    if problem is None:
+        return
+    if REQUIRE_ALL_TESTS:
+        pytest.fail(f"{problem} (REQUIRE_ALL_TESTS=1: this test must run here)")
+    pytest.skip(problem)
+
+
+def require_video(module, env_id: str) -> None:
+    """Skip (or fail in CI) unless `module`'s own --capture-video preflight passes for env_id."""
+    skip_unless_available(module.video_problem(env_id))
+
 
 def run_script(script: str, *cli_args: str, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python <script> <cli_args>` from the repo root, capturing output (2 torch threads)."""
@@ -128,7 +148,7 @@ def assert_episode_end_transitions_stored(run_dir: str, expect_termination: bool
     """Scripted env (obs = step count, episodes of 5 steps): the transition out of obs 4 must store
     next_obs 5 (the true final state, not the next episode's reset obs 0) and d = termination;
     the buffer must hold `episode_ends` such transitions."""
-    buffer = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["replay_buffer"]
+    buffer = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["replay_buffer"]
     obs, next_obs, done = buffer["obs"][:, 0], buffer["next_obs"][:, 0], buffer["terminations"]
     assert torch.equal(next_obs, obs + 1), "next_obs must be the step after obs, also at episode ends"
     last = obs == 4
@@ -177,7 +197,7 @@ def interrupt_then_resume(script: str, cli: list[str], tmp_path, extra_steps: in
     assert process.returncode == 130, stderr
     run_dir = only_run_dir(tmp_path)
     assert f"Resume with: python {script}" in stderr and f"--resume {run_dir}" in stderr, stderr
-    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"]
+    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["global_step"]
     assert step >= 300
     command = stderr.split("Resume with: python ")[1].strip().split()
     command[command.index("100000")] = str(step + extra_steps)  # finish soon after the interruption
@@ -200,7 +220,7 @@ def assert_nan_stops_at_last_good_checkpoint(train, error_type, args, tmp_path) 
 
     with pytest.raises(error_type, match="Last good checkpoint: .*step 600"):
         train(args)
-    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=True)
     assert checkpoint["global_step"] == 600
     for name, tensor in {**checkpoint["agent"]["actor"], **checkpoint["agent"]["critics"]}.items():
         assert torch.isfinite(tensor).all(), name

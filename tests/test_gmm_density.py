@@ -1,9 +1,9 @@
 """gmm_density_matching.py's actor loss really matches densities: the two-peaked toy of
-benchmark/gmm_toy_density.py (a fixed critic with equal peaks at a = -0.6 and a = +0.6)."""
+benchmark/diagnostics/gmm_toy_density.py (a fixed critic with equal peaks at a = -0.6 and a = +0.6)."""
 
 import pytest
 
-from benchmark.gmm_toy_density import NEAR, PEAKS, fit_toy
+from benchmark.diagnostics.gmm_toy_density import NEAR, PEAKS, fit_toy
 
 
 @pytest.fixture(scope="module")

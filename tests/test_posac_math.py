@@ -25,6 +25,15 @@ def random_batch(size: int = 64, seed: int = 1) -> dict[str, torch.Tensor]:
             "terminations": (torch.rand(size, generator=g) < 0.1).float()}
 
 
+def update(agent: pj.POSAC, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One update as posac_jko.train() runs it: critic step (eqs. 2-3), target update (9), every
+    actor (4-7), temperature (8)."""
+    losses = agent.critic_step(batch)
+    agent.target_update()
+    losses |= agent.actor_step(batch)
+    return losses | agent.temperature_step(losses["log_prob"])
+
+
 def posac_agent(num_actors: int, seed: int = 0, **kwargs) -> pj.POSAC:
     weights = tuple([0.0] + [0.5] * (num_actors - 1))
     args = pj.Args(env_id="Hopper-v4", num_actors=num_actors, w2_weights=weights, hidden_size=64, **kwargs)
@@ -85,13 +94,28 @@ def test_w2_is_zero_between_identical_actors_and_bounds_action_w2():
 def test_no_gradient_reaches_the_previous_actor():
     agent = posac_agent(3)
     obs = random_batch()["obs"]
-    _, log_prob, mean, std = agent.actors[2].sample_with_params(obs)
-    _, _, ref_mean, ref_std = agent.actors[1].sample_with_params(obs)
-    q = agent.critics(obs, agent.actors[2].sample(obs)[0]).min(dim=0).values
-    w2 = pj.gaussian_w2_squared(mean, std, ref_mean.detach(), ref_std.detach())
+    mean, log_std = agent.actors[2].distribution_params(obs)
+    ref_mean, ref_log_std = agent.actors[1].distribution_params(obs)
+    action, log_prob = agent.actors[2].sample(obs)
+    q = agent.critics(obs, action).min(dim=0).values
+    w2 = pj.gaussian_w2_squared(mean, log_std.exp(), ref_mean.detach(), ref_log_std.exp().detach())
     pj.jko_actor_loss(log_prob, q, w2, 1.0, 0.5, 0.2).backward()
     assert all(p.grad is None for p in agent.actors[1].parameters())
     assert all(p.grad is None for p in agent.actors[0].parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actors[2].parameters())
+
+
+def test_stacked_sampling_gives_each_actor_only_its_own_gradient():
+    """What actor_step runs: sample_all stacks the actors, and actor 2's loss of eq. (6) against the
+    detached actor 1 moves only actor 2 (the stack passes zeros to the others)."""
+    agent = posac_agent(3)
+    obs = random_batch()["obs"]
+    actions, log_probs, means, stds = agent.sample_all(obs)
+    q = agent.critics(obs, actions[2]).min(dim=0).values
+    w2 = pj.gaussian_w2_squared(means[2], stds[2], means[1].detach(), stds[1].detach())
+    pj.jko_actor_loss(log_probs[2], q, w2, 1.0, 0.5, 0.2).backward()
+    for i in (0, 1):
+        assert all(p.grad is None or not p.grad.any() for p in agent.actors[i].parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actors[2].parameters())
 
 
@@ -106,12 +130,25 @@ def test_actor_0_updates_as_if_it_were_alone_in_the_chain():
         batch = random_batch(seed=step)
         for agent in (alone, chain):
             torch.manual_seed(10 + step)  # actor 0 draws its noise first in both
-            out = agent.update(batch)
+            out = update(agent, batch)
         assert out["w2"].shape == (2,) and out["entropy"].shape == (3,) and out["per_actor_loss"].shape == (3,)
     for name, value in alone.actors[0].state_dict().items():
         torch.testing.assert_close(chain.actors[0].state_dict()[name], value, rtol=1e-5, atol=1e-6)
     for name, value in alone.critics.state_dict().items():
         torch.testing.assert_close(chain.critics.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_act_draws_what_sample_draws():
+    """Acting and the stochastic evaluation use Actor.act: the action `sample` gives from the same
+    random stream, the global one or an explicit generator (the evaluation's)."""
+    actor = posac_agent(1).actor
+    obs = random_batch()["obs"]
+    torch.manual_seed(3)
+    sampled, _ = actor.sample(obs)
+    torch.manual_seed(3)
+    assert torch.equal(actor.act(obs), sampled.detach())
+    sampled, _ = actor.sample(obs, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(actor.act(obs, generator=torch.Generator().manual_seed(4)), sampled.detach())
 
 
 def test_normalized_q_weight_is_detached_and_scale_free():
@@ -126,9 +163,9 @@ def test_normalized_q_weight_is_detached_and_scale_free():
 # ---- N = 1 is SAC --------------------------------------------------------------------------
 @pytest.mark.parametrize("autotune", [False, True])
 def test_one_actor_update_equals_sac_continuous_update(autotune):
-    """Same initial state, same batch, same torch RNG state: one full update (critic step with its
-    target update, then actor step, then temperature) of POSAC with 1 actor and of sac_continuous.py
-    with the same settings leaves every parameter bit-identical."""
+    """Same initial state, same batch, same torch RNG state: one full update (critic step, target
+    update, actor step, temperature step) of POSAC with 1 actor and of sac_continuous.py with the
+    same settings leaves every parameter bit-identical."""
     sac_args = sac.Args(env_id="Hopper-v4", autotune=autotune, alpha=0.2, q_lr=3e-4, policy_lr=3e-4)
     posac_args = pj.Args(env_id="Hopper-v4", num_actors=1, autotune=autotune, alpha=0.2, lr=3e-4)
     torch.manual_seed(0)
@@ -141,9 +178,12 @@ def test_one_actor_update_equals_sac_continuous_update(autotune):
     for step in range(2):
         batch = random_batch(seed=step)
         rng = torch.get_rng_state()
-        sac_out = {**reference.critic_step(batch), **reference.actor_step(batch)}
+        sac_out = reference.critic_step(batch)
+        reference.target_update()
+        sac_out |= reference.actor_step(batch)
+        sac_out |= reference.temperature_step(sac_out["log_prob"])
         torch.set_rng_state(rng)
-        posac_out = agent.update(batch)
+        posac_out = update(agent, batch)
         assert torch.equal(sac_out["critic_loss"], posac_out["critic_loss"])
         assert torch.equal(sac_out["actor_loss"], posac_out["actor_loss"])
     pairs = [(reference.actor, agent.actors[0]), (reference.critics, agent.critics),
@@ -162,11 +202,11 @@ def test_one_actor_update_equals_sac_continuous_update(autotune):
 def test_agent_state_round_trip_restores_every_actor_and_optimizer(tmp_path):
     trained = posac_agent(2, seed=0, autotune=True)
     for step in range(3):
-        trained.update(random_batch(seed=step))
+        update(trained, random_batch(seed=step))
     path = str(tmp_path / "checkpoint.pt")
     pj.save_checkpoint(path, {"agent": trained.state_dict()})
     restored = posac_agent(2, seed=99, autotune=True)  # different init
-    restored.load_state_dict(torch.load(path, weights_only=False)["agent"])
+    restored.load_state_dict(torch.load(path, weights_only=True)["agent"])  # plain data, as --resume loads it
     for i in range(2):
         for name, value in trained.actors[i].state_dict().items():
             assert torch.equal(restored.actors[i].state_dict()[name], value)
@@ -174,7 +214,7 @@ def test_agent_state_round_trip_restores_every_actor_and_optimizer(tmp_path):
     batch = random_batch(seed=7)
     for agent in (trained, restored):
         torch.manual_seed(3)
-        agent.update(batch)
+        update(agent, batch)
     for a, b in zip(list(trained.actors.parameters()) + list(trained.critics.parameters()) + [trained.log_alpha],
                     list(restored.actors.parameters()) + list(restored.critics.parameters()) + [restored.log_alpha]):
         assert torch.equal(a, b)

@@ -14,27 +14,35 @@ def make_actor(low, high, obs_dim=3, **kwargs):
     return sac.Actor(obs_dim, np.asarray(low, np.float32), np.asarray(high, np.float32), 16, 2, **kwargs).double()
 
 
+def reference_log_prob(actor, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) of a = squash(u) from torch.distributions' Normal plus the change of variables
+    written out (with eq. (1)'s 1e-6), independent of the script's formula; differentiable."""
+    log_density = D.Independent(D.Normal(mean, log_std.exp()), 1).log_prob(u)
+    if actor.use_tanh:
+        return log_density - torch.log(actor.action_scale * (1 - torch.tanh(u) ** 2) + 1e-6).sum(-1)
+    return log_density - torch.log(actor.action_scale).sum(-1)
+
+
 @pytest.mark.parametrize("low, high", [([-2.0, -0.4], [2.0, 0.4]), ([-1.0, 0.0], [3.0, 10.0])])
 def test_tanh_gaussian_log_prob_matches_torch_distributions(low, high):
     actor = make_actor(low, high)
     obs = torch.randn(64, 3, dtype=torch.float64)
+    action, log_prob = actor.sample(obs, generator=torch.Generator().manual_seed(2))
     mean, log_std = actor.distribution_params(obs)
-    u = mean + log_std.exp() * torch.randn_like(mean) * 0.7
     scale = torch.tensor(high, dtype=torch.float64) / 2 - torch.tensor(low, dtype=torch.float64) / 2
     bias = torch.tensor(high, dtype=torch.float64) / 2 + torch.tensor(low, dtype=torch.float64) / 2
     reference = D.TransformedDistribution(D.Independent(D.Normal(mean, log_std.exp()), 1),
                                           [D.TanhTransform(), D.AffineTransform(bias, scale)])
-    action = torch.tanh(u) * scale + bias
     # the 1e-6 in eq. (1)'s Jacobian shifts log pi by at most ~1e-6 / (scale * (1 - tanh^2))
-    torch.testing.assert_close(actor.log_prob(u, mean, log_std), reference.log_prob(action), rtol=0, atol=1e-3)
-    torch.testing.assert_close(actor.squash(u), action)
+    torch.testing.assert_close(log_prob, reference.log_prob(action), rtol=0, atol=1e-3)
+    assert ((action > bias - scale) & (action < bias + scale)).all()
 
 
 @pytest.mark.parametrize("use_tanh", [True, False])
 @pytest.mark.parametrize("reparametrize", [True, False])
 def test_sample_shortcut_equals_log_prob_of_the_drawn_action_with_the_same_gradient(use_tanh, reparametrize):
     """`sample` reuses the noise as (u - mu) / sigma and tanh(u) for both outputs: its log pi and
-    the parameters' gradient must equal the plain formula's on the same u (float64)."""
+    the parameters' gradient must equal torch.distributions' on the same u (float64)."""
     actor = make_actor([-1.0, 0.0], [3.0, 10.0], use_tanh=use_tanh)
     obs = torch.randn(32, 3, dtype=torch.float64)
     generator = torch.Generator().manual_seed(5)
@@ -46,7 +54,7 @@ def test_sample_shortcut_equals_log_prob_of_the_drawn_action_with_the_same_gradi
     u = mean + log_std.exp() * noise
     if not reparametrize:
         u = u.detach()
-    plain_log_prob = actor.log_prob(u, mean, log_std)
+    plain_log_prob = reference_log_prob(actor, u, mean, log_std)
     plain_grads = torch.autograd.grad((plain_log_prob.sum() + actor.squash(u).sum()), list(actor.parameters()))
     torch.testing.assert_close(log_prob, plain_log_prob)
     torch.testing.assert_close(action, actor.squash(u))
@@ -61,6 +69,9 @@ def test_act_draws_what_sample_draws():
     sampled, _ = actor.sample(obs)
     torch.manual_seed(3)
     torch.testing.assert_close(actor.act(obs), sampled.detach())
+    # with an explicit generator too (the evaluation's stochastic actions)
+    sampled, _ = actor.sample(obs, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(actor.act(obs, generator=torch.Generator().manual_seed(4)), sampled.detach())
 
 
 def test_actions_stay_in_asymmetric_box_and_centre_maps_to_bias():
@@ -82,7 +93,7 @@ def test_untanhed_policy_log_prob_is_gaussian_in_action_space():
     mean, log_std = actor.distribution_params(obs)
     u = mean + 0.3
     expected = D.Normal(mean * 2.0, log_std.exp() * 2.0).log_prob(u * 2.0).sum(-1)
-    torch.testing.assert_close(actor.log_prob(u, mean, log_std), expected)
+    torch.testing.assert_close(actor.log_prob((u - mean) / log_std.exp(), log_std, None), expected)
 
 
 def test_critic_ensemble_equals_separate_mlps():

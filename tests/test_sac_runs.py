@@ -26,6 +26,7 @@ from conftest import (
     interrupt_then_resume,
     only_run_dir,
     read_csv,
+    require_video,
     run_script,
 )
 
@@ -80,7 +81,7 @@ def test_every_output_is_written(tmp_path):
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["global_step"] == 300 and summary["train_sps"] > 0
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
-    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert checkpoint["global_step"] == 300 and checkpoint["replay_buffer"]["size"] == 300
 
 
@@ -104,15 +105,17 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     args = tiny(tmp_path, total_timesteps=300)
     run_dir = sac.train(args)["run_dir"]
     path = os.path.join(run_dir, "checkpoint.pt")
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     # resuming at the final step trains nothing: the re-written checkpoint is the loaded state
     sac.train(dataclasses.replace(args, resume=run_dir))
-    reloaded = torch.load(path, weights_only=False)
+    reloaded = torch.load(path, weights_only=True)
     a, b = flat_state(saved), flat_state(reloaded)
     assert a.keys() == b.keys() and len(a) > 30
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert saved["rng"]["numpy"][1].tolist() == reloaded["rng"]["numpy"][1].tolist()
+    for stream in ("python", "numpy"):  # their tensors are compared above, their numbers here
+        plain = [{k: v for k, v in c["rng"][stream].items() if not torch.is_tensor(v)} for c in (saved, reloaded)]
+        assert plain[0] == plain[1], stream
     for key in ("global_step", "episodes", "train_steps"):
         assert saved[key] == reloaded[key]
 
@@ -142,7 +145,7 @@ def test_kill_during_run_keeps_last_checkpoint_loadable(tmp_path):
     time.sleep(0.3)
     process.kill()  # SIGKILL: no handler runs; only the atomic write protects the file
     process.wait()
-    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint.pt"), weights_only=True)
     assert checkpoint["global_step"] >= 400 and checkpoint["global_step"] % 100 == 0
 
 
@@ -183,7 +186,7 @@ def test_cuda_flag_falls_back_to_cpu_with_a_notice(tmp_path):
 
 
 def test_capture_video_writes_mp4(tmp_path):
-    pytest.importorskip("moviepy", reason="video needs the `video` extra (moviepy)")
+    require_video(sac, "InvertedPendulum-v4")  # skips on a bare machine, saying why (fails in CI)
     args = tiny(tmp_path, env_id="InvertedPendulum-v4", total_timesteps=150, capture_video=True, eval_episodes=1)
     run_dir = sac.train(args)["run_dir"]
     assert_video_written(run_dir)

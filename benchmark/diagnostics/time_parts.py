@@ -1,7 +1,7 @@
 """Where a training step's time goes: milliseconds per call of each part, measured in one process.
 
-    python benchmark/time_parts.py --script sac_continuous --env-id Hopper-v4
-    python benchmark/time_parts.py --script gmm_density_matching --env-id Humanoid-v4 --actor-parts
+    python benchmark/diagnostics/time_parts.py --script sac_continuous --env-id Hopper-v4
+    python benchmark/diagnostics/time_parts.py --script gmm_density_matching --env-id Humanoid-v4 --actor-parts
 
 Two tables, both on the CPU with --threads torch threads:
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import tyro
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

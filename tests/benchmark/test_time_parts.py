@@ -1,11 +1,11 @@
-"""benchmark/time_parts.py: the timers see every part of a real training loop and leave the
+"""benchmark/diagnostics/time_parts.py: the timers see every part of a real training loop and leave the
 script's classes as they were; the GMM actor update's parts are all timed."""
 
 import gymnasium as gym
 
 import gmm_density_matching as gmm
 import sac_continuous as sac
-from benchmark.time_parts import (
+from benchmark.diagnostics.time_parts import (
     BFLOAT16_PASS,
     Args,
     time_gmm_actor_parts,

@@ -1,11 +1,11 @@
-"""benchmark/score_precision.py: float32 against float32 differs by nothing, bfloat16 by a little,
+"""benchmark/diagnostics/score_precision.py: float32 against float32 differs by nothing, bfloat16 by a little,
 and the figures mean what their names say."""
 
 import pytest
 import torch
 
 import gmm_density_matching as gmm
-from benchmark.score_precision import compare_scoring, report
+from benchmark.diagnostics.score_precision import compare_scoring, report
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """benchmark/sweep.py: grid expansion (CLI and YAML), the skip/resume rule on fake run folders,
-the sbatch file, and local sweeps end to end with tests/fake_algo.py."""
+the sbatch file, and local sweeps end to end with tests/benchmark/fake_algo.py."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from benchmark.sweep import (Args, Run, SweepError, expand_grid, expand_mapping,
                              parse_grid, plan, planned_command, sbatch_script)
 
 FAKE = str(Path(__file__).with_name("fake_algo.py"))
-SWEEP = str(Path(__file__).resolve().parent.parent / "benchmark" / "sweep.py")
+SWEEP = str(Path(__file__).resolve().parents[2] / "benchmark" / "sweep.py")
 
 POSAC_YAML = textwrap.dedent("""
     scripts: [posac_jko.py]

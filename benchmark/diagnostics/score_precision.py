@@ -1,6 +1,6 @@
 """How far `--score-dtype bfloat16` moves the GMM actor's targets, on a trained run's own critics.
 
-    python benchmark/score_precision.py --checkpoint runs/Pendulum-v1__gmm_density_matching__1__.../checkpoint.pt
+    python benchmark/diagnostics/score_precision.py --checkpoint runs/Pendulum-v1__gmm_density_matching__1__.../checkpoint.pt
 
 Loads a gmm_density_matching.py checkpoint (actor, critics, replay buffer), draws --num-states
 states from its replay buffer, proposes M actions per state exactly as that run's actor update
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import tyro
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import gmm_density_matching as gmm  # noqa: E402
 
@@ -44,15 +44,10 @@ class Args:
 def compare_scoring(checkpoint_path: str, num_states: int = 1024, seed: int = 0,
                     low_dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
     """Score the same proposals in float32 and with `low_dtype` hidden products; the differences."""
-    path = gmm.resolve_checkpoint_path(checkpoint_path)
-    if path is None:
-        raise SystemExit(f"error: no checkpoint.pt at {checkpoint_path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file
-        raise SystemExit(f"error: cannot read {path} ({error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != gmm.ALGORITHM:
-        raise SystemExit(f"error: {path} is not a {gmm.ALGORITHM} checkpoint")
+    try:  # read as data only, and checked to be a gmm_density_matching.py checkpoint
+        checkpoint = gmm.read_checkpoint(checkpoint_path, flag="--checkpoint")
+    except gmm.ConfigError as error:  # missing, unreadable, foreign or from another version
+        raise SystemExit(f"error: {error}") from None
     args = gmm.Args(**checkpoint["args"])
     action_space = gmm.check_env(args.env_id)
     buffer = checkpoint["replay_buffer"]

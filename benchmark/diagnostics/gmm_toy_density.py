@@ -11,7 +11,7 @@ actor loss, eqs. (2)-(6): M proposal samples per state, p_i = softmax(Q_i / T - 
 about half of its mass near each peak; a single Gaussian (K = 1) cannot -- the forward-KL fit of
 one Gaussian to two bumps covers both with one broad hump, centred between them.
 
-    python benchmark/gmm_toy_density.py        # writes benchmark/gmm_toy_density.png
+    python benchmark/diagnostics/gmm_toy_density.py        # writes benchmark/diagnostics/gmm_toy_density.png
 
 `fit_toy` is imported by tests/test_gmm_density.py.
 """
@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import gmm_density_matching as gmm  # noqa: E402
 
 PEAKS = (-0.6, 0.6)

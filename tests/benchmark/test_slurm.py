@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.sweep import Args, main
+from conftest import skip_unless_available
 
 FAKE = str(Path(__file__).with_name("fake_algo.py"))
 DAEMONS = ["munged", "slurmctld", "slurmd", "sbatch", "sinfo"]
@@ -75,8 +76,8 @@ def logs(tmp: Path) -> str:
 @pytest.fixture
 def slurm_cluster(tmp_path_factory, monkeypatch):
     missing = [d for d in DAEMONS if shutil.which(d) is None]
-    if missing:
-        pytest.skip(f"Slurm cannot run here: {', '.join(missing)} not found (apt-get install slurm-wlm munge)")
+    skip_unless_available(f"Slurm cannot run here: {', '.join(missing)} not found (install: apt-get install "
+                          "slurm-wlm munge)" if missing else None)
     # short path: the munge socket path must fit in a unix socket name (108 bytes)
     tmp = Path(tmp_path_factory.mktemp("slurm"))
     os.chmod(tmp, 0o700)

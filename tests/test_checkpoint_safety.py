@@ -1,0 +1,151 @@
+"""A checkpoint is data, never code (every script): `--resume` loads with weights_only=True and
+checks the structure first, so a crafted or broken checkpoint.pt is one `error:` line, exit code
+2, no traceback, nothing run and nothing created or changed in the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+
+SCRIPTS = ("sac_continuous.py", "gmm_density_matching.py", "posac_jko.py")
+CLI = ["--env-id", "Pendulum-v1"]
+
+
+class WritesMarker:
+    """Unpickling this object runs `touch MARKER`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plain_checkpoint(module, **changes) -> dict:
+    """A checkpoint whose top level is well formed for `module` on Pendulum-v1 (args included)."""
+    args = module.Args(env_id="Pendulum-v1")
+    if hasattr(module, "parse_w2_weights"):
+        args.w2_weights = module.parse_w2_weights(args.w2_weights)
+    state = {"format": module.CHECKPOINT_FORMAT, "algorithm": module.ALGORITHM, "args": dataclasses.asdict(args),
+             "global_step": 100, "train_time": 1.0, "train_steps": 0, "episodes": 0, "last_return": 0.0,
+             "agent": {}, "replay_buffer": {}, "rng": {}, "eval_generator": torch.Generator().get_state()}
+    state.update(changes)
+    return state
+
+
+def write(path, kind: str, module, marker: str) -> str:
+    """Fill `path` (a run folder's checkpoint.pt) with one kind of bad checkpoint; the expected
+    message fragment is returned."""
+    if kind == "code-executing object":
+        torch.save({"algorithm": module.ALGORITHM, "args": {}, "payload": WritesMarker(marker)}, path)
+        return "a checkpoint is data only, so it was not loaded"
+    if kind == "plain pickle with code":
+        with open(path, "wb") as f:
+            pickle.dump({"payload": WritesMarker(marker)}, f)
+        return "cannot read"
+    if kind == "missing keys":
+        state = plain_checkpoint(module)
+        del state["replay_buffer"]
+        torch.save(state, path)
+        return "checkpoint lacks 'replay_buffer'"
+    if kind == "wrong value types":
+        torch.save(plain_checkpoint(module, global_step="100"), path)
+        return "checkpoint's 'global_step' is a str, not a int"
+    if kind == "networks that do not fit":
+        torch.save(plain_checkpoint(module), path)
+        return "does not fit this run"
+    if kind == "unknown args":
+        state = plain_checkpoint(module)
+        state["args"]["no_such_flag"] = 1
+        torch.save(state, path)
+        return "fields this script does not have: no_such_flag"
+    if kind == "previous format (pickled NumPy state)":
+        torch.save({**plain_checkpoint(module), "rng": {"numpy": np.random.get_state()}}, path)
+        return "written by an earlier version of this script"
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        return "cannot read"
+    if kind == "truncated file":
+        torch.save(plain_checkpoint(module), path)
+        path.write_bytes(path.read_bytes()[:200])
+        return "cannot read"
+    if kind == "empty file":
+        path.write_bytes(b"")
+        return "cannot read"
+    if kind == "directory named checkpoint.pt":
+        path.mkdir()
+        return "no checkpoint.pt there"
+    raise ValueError(kind)
+
+
+KINDS = ["code-executing object", "plain pickle with code", "missing keys", "wrong value types",
+         "networks that do not fit", "unknown args", "previous format (pickled NumPy state)", "random bytes",
+         "truncated file", "empty file", "directory named checkpoint.pt"]
+
+
+def folder_contents(folder) -> dict:
+    return {p.name: (p.read_bytes() if p.is_file() else None) for p in sorted(folder.iterdir())}
+
+
+def bad_run_folder(tmp_path, module, kind: str):
+    """A run folder holding one kind of bad checkpoint.pt; returns (folder, marker, message, contents)."""
+    run_dir = tmp_path / f"Pendulum-v1__{module.ALGORITHM}__1__1700000000"
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text('{"algorithm": "%s"}' % module.ALGORITHM)
+    (run_dir / "eval.csv").write_text("global_step,policy,mode,mean_return,std_return,episodes\n100,0,deterministic,-1.0,0.0,2\n")
+    marker = tmp_path / "code_ran"
+    message = write(run_dir / "checkpoint.pt", kind, module, str(marker))
+    return run_dir, marker, message, folder_contents(run_dir)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_checkpoint_is_one_clear_error_and_runs_nothing(tmp_path, script, kind, monkeypatch, capsys):
+    """The script's own entry point, in this process (a code-executing pickle would run here)."""
+    module = importlib.import_module(script[:-3])
+    run_dir, marker, message, before = bad_run_folder(tmp_path, module, kind)
+    monkeypatch.setattr("sys.argv", [script, *CLI, "--resume", str(run_dir), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr
+    error_lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], stderr
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert folder_contents(run_dir) == before, "the run folder was changed"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_command_line_refuses_a_code_executing_checkpoint(tmp_path, script):
+    """The same as a user runs it: exit code 2, one line, no traceback, the code did not run."""
+    module = importlib.import_module(script[:-3])
+    run_dir, marker, message, before = bad_run_folder(tmp_path, module, "code-executing object")
+    result = run_script(script, *CLI, "--resume", str(run_dir), "--output-dir", str(tmp_path / "out"), timeout=180)
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not marker.exists()
+    assert folder_contents(run_dir) == before
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_loader_unpickles_objects(script):
+    """Every torch.load in the scripts and benchmark/ is a weights_only load."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [os.path.join(root, script)] + [os.path.join(root, "benchmark", name)
+                                            for name in os.listdir(os.path.join(root, "benchmark")) if name.endswith(".py")]
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        assert "weights_only=False" not in text, path
+        for call in text.split("torch.load(")[1:]:
+            assert "weights_only=True" in call.split(")")[0] + call.split("\n")[0], path

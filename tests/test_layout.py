@@ -1,0 +1,67 @@
+"""The read-first layout every algorithm script shares (docs: README "How to read a script"):
+Part 1 is the algorithm within a line budget, `train()` is short, every numbered equation of the
+docstring can be found in the code by its number, and Appendix A (the run infrastructure) is
+byte-identical in the three scripts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from tools.sync_appendix import SCRIPTS, split
+
+ROOT = Path(__file__).resolve().parent.parent
+PART_1_BUDGET = {"sac_continuous.py": 700, "posac_jko.py": 700, "gmm_density_matching.py": 800}
+
+
+def part_1(script: str) -> str:
+    return split((ROOT / script).read_text())[0]
+
+
+def test_appendix_a_is_byte_identical_in_the_three_scripts():
+    appendices = {script: split((ROOT / script).read_text())[1] for script in SCRIPTS}
+    assert appendices["sac_continuous.py"].splitlines()[1].startswith("# APPENDIX A")
+    for script, text in appendices.items():
+        assert text == appendices["sac_continuous.py"], (
+            f"Appendix A of {script} differs from sac_continuous.py's: edit it there and run "
+            "`python tools/sync_appendix.py`")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_part_1_fits_its_budget_and_opens_with_a_short_docstring(script):
+    text = part_1(script)
+    assert len(text.splitlines()) <= PART_1_BUDGET[script]
+    docstring = ast.get_docstring(ast.parse((ROOT / script).read_text()), clean=False)
+    assert docstring is not None and len(docstring.splitlines()) <= 62
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_train_is_at_most_100_lines_and_lives_in_part_1(script):
+    tree = ast.parse((ROOT / script).read_text())
+    train = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "train")
+    assert train.end_lineno - train.lineno + 1 <= 100
+    assert train.end_lineno <= len(part_1(script).splitlines())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numbered_equation_is_found_in_the_code_by_its_number(script):
+    tree = ast.parse((ROOT / script).read_text())
+    docstring = ast.get_docstring(tree, clean=False)
+    numbers = sorted({int(n) for n in re.findall(r"\((\d+)\)\s*$", docstring, flags=re.MULTILINE)})
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 5, numbers
+    code = "\n".join(part_1(script).splitlines()[tree.body[0].end_lineno:])  # Part 1 after the docstring
+    for n in numbers:
+        assert re.search(rf"eqs?\. [^\n]*\b{n}\b|\({n}\)", code), f"equation ({n}) is not referenced in {script}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_agents_share_the_update_step_names(script):
+    tree = ast.parse((ROOT / script).read_text())
+    agents = [node for node in tree.body if isinstance(node, ast.ClassDef)
+              and {"critic_step", "actor_step"} <= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}]
+    assert len(agents) == 1
+    methods = {f.name for f in agents[0].body if isinstance(f, ast.FunctionDef)}
+    assert {"policies", "critic_step", "target_update", "actor_step", "state_dict", "load_state_dict"} <= methods
