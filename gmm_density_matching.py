@@ -868,6 +868,7 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
         problem = video_problem(args.env_id)
         if problem is not None:
             raise ConfigError(problem)
+        headless_rendering_env(os.environ)  # this run renders: the same backend the check used
     return action_space
 
 
@@ -1438,6 +1439,14 @@ env.close()
 """
 
 
+def headless_rendering_env(environ) -> dict:
+    """`environ` with MUJOCO_GL=osmesa where there is no display and MUJOCO_GL is not set (MuJoCo
+    then renders on the CPU); os.environ itself for the run that is about to render."""
+    if "DISPLAY" not in environ:
+        environ.setdefault("MUJOCO_GL", "osmesa")
+    return environ
+
+
 def video_problem(env_id: str) -> Optional[str]:
     """Why --capture-video cannot work here (None when it can): the video writer (moviepy) must be
     installed and the env must render one frame headless. The frame is rendered in a child
@@ -1446,11 +1455,10 @@ def video_problem(env_id: str) -> Optional[str]:
         import moviepy  # noqa: F401
     except ImportError:
         return "--capture-video needs moviepy to write the videos: pip install -e \".[video]\" (or pip install moviepy)"
-    if "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless MuJoCo rendering, also in the child
+    child_env = headless_rendering_env(dict(os.environ))  # this process's environment is left as it is
     try:
         probe = subprocess.run([sys.executable, "-c", RENDER_PROBE, env_id], capture_output=True, text=True,
-                               timeout=300, env=os.environ.copy())
+                               timeout=300, env=child_env)
     except subprocess.TimeoutExpired:
         return f"--capture-video: rendering one frame of {env_id} did not finish in 300 s"
     if probe.returncode == 0:
@@ -1458,7 +1466,7 @@ def video_problem(env_id: str) -> Optional[str]:
     lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
     reason = lines[-1] if lines else f"exit code {probe.returncode}"
     return (f"--capture-video: {env_id} cannot render here ({reason[:200]}). MuJoCo renders headless with "
-            f"MUJOCO_GL={os.environ.get('MUJOCO_GL', 'glfw')}: for osmesa install OSMesa (apt-get install "
+            f"MUJOCO_GL={child_env.get('MUJOCO_GL', 'glfw')}: for osmesa install OSMesa (apt-get install "
             "libosmesa6); on an NVIDIA machine use MUJOCO_GL=egl; with a display unset MUJOCO_GL")
 
 

@@ -23,6 +23,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_ALL_TESTS = os.environ.get("REQUIRE_ALL_TESTS") == "1"
 
 
+@pytest.fixture(autouse=True)
+def keep_mujoco_gl_unchanged():
+    """A test that trains with --capture-video in this process sets MUJOCO_GL=osmesa here (the
+    script does, to render headless); every later subprocess would inherit it, and on a machine
+    without OSMesa even making a MuJoCo env then fails. So each test gets the variable back."""
+    before = os.environ.get("MUJOCO_GL")
+    yield
+    if before is None:
+        os.environ.pop("MUJOCO_GL", None)
+    else:
+        os.environ["MUJOCO_GL"] = before
+
+
 def skip_unless_available(problem: str | None) -> None:
     """Skip the calling test with `problem` as the reason (or fail it under REQUIRE_ALL_TESTS=1);
     do nothing when problem is None."""

@@ -163,7 +163,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     from benchmark.sb3_sac import ConfigError, load_checkpoint
 
     with open(folder / "checkpoint.pt", "wb") as f:
-        pickle.dump(payload, f)
+        pickle.dump(payload, f, protocol=2)  # the protocol torch.save uses: no warning about it
     with pytest.raises(ConfigError, match="cannot resume from"):
         load_checkpoint(folder / "checkpoint.pt", None, None, "cpu")  # refused before a model is built
     assert not marker.exists()
