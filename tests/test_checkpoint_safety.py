@@ -49,7 +49,7 @@ def write(path, kind: str, module, marker: str) -> str:
         return "a checkpoint is data only, so it was not loaded"
     if kind == "plain pickle with code":
         with open(path, "wb") as f:
-            pickle.dump({"payload": WritesMarker(marker)}, f)
+            pickle.dump({"payload": WritesMarker(marker)}, f, protocol=2)  # torch.load's own protocol
         return "cannot read"
     if kind == "missing keys":
         state = plain_checkpoint(module)

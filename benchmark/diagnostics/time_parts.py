@@ -105,7 +105,10 @@ def time_training_loop(args: Args, module) -> tuple[dict, Timers]:
     agent_class, actor_class = agent_and_actor_classes(module)
     timers = Timers()
     timers.wrap(agent_class, "critic_step", "critic step")
+    timers.wrap(agent_class, "target_update", "target update")
     timers.wrap(agent_class, "actor_step", "actor step")
+    if hasattr(agent_class, "temperature_step"):  # SAC; the GMM has no learned temperature
+        timers.wrap(agent_class, "temperature_step", "temperature step")
     timers.wrap(module.ReplayBuffer, "add", "replay add")
     timers.wrap(module.ReplayBuffer, "sample", "replay sample")
     timers.wrap(actor_class, "act", "actor act")
@@ -153,6 +156,7 @@ def time_gmm_actor_parts(args: Args, gmm) -> dict[str, float]:
         batch = buffer.sample(run_args.batch_size)
         obs = batch["obs"]
         timed("critic step", lambda: agent.critic_step(batch))
+        timed("target update", agent.target_update)
         params = timed("distribution params", lambda: agent.actor.distribution_params(obs))
         with torch.no_grad():
             u, log_q = timed("proposals", lambda: agent.propose(obs, params))

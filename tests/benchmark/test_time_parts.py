@@ -21,6 +21,7 @@ def test_training_loop_parts_are_timed_and_the_timers_removed():
     assert result["global_step"] == 150
     updates = 150 - 100
     assert timers.calls["critic step"] == updates and timers.calls["actor step"] == updates
+    assert timers.calls["target update"] == updates and timers.calls["temperature step"] == updates
     assert timers.calls["replay add"] == 150 and timers.calls["env step"] == 150
     assert timers.calls["actor act"] >= updates  # acting after the random steps (and the final evaluation)
     assert all(seconds > 0 for seconds in timers.seconds.values())
@@ -31,6 +32,6 @@ def test_training_loop_parts_are_timed_and_the_timers_removed():
 
 def test_gmm_actor_parts_cover_the_update():
     parts = time_gmm_actor_parts(Args(script="gmm_density_matching", env_id="Pendulum-v1", part_updates=2), gmm)
-    assert list(parts) == ["critic step", "distribution params", "proposals", "M-sample critic pass", BFLOAT16_PASS,
+    assert list(parts) == ["critic step", "target update", "distribution params", "proposals", "M-sample critic pass", BFLOAT16_PASS,
                            "KL temperature", "Boltzmann weights", "log pi and loss", "backward and Adam"]
     assert all(ms > 0 for ms in parts.values())
