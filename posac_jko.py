@@ -1315,8 +1315,9 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
                          numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states.get("cuda") is not None and torch.cuda.is_available():  # the GPUs this machine has
+        for index, cuda_state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def pick_device(want_cuda: bool) -> torch.device:

@@ -49,7 +49,8 @@ import tyro
 # eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sac_continuous import ConfigError, NonFiniteLossError, RunLogger, crossed, strip_resume_flag  # noqa: E402
+from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed, rng_states,  # noqa: E402
+                            set_rng_states, strip_resume_flag)
 
 ALGORITHM = "sb3_sac"
 
@@ -172,30 +173,6 @@ def make_model(args: Args, envs, device: str):
                train_freq=1, gradient_steps=1, ent_coef="auto",
                policy_kwargs=dict(net_arch=[args.hidden_size, args.hidden_size]),
                seed=args.seed, device=device, verbose=0)
-
-
-def rng_states() -> dict:
-    """The global random streams (python, NumPy, torch, CUDA) as tensors and numbers, which a
-    weights_only load accepts; set_rng_states restores them bit for bit."""
-    version, mersenne_state, gauss_next = random.getstate()
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {"python": {"version": int(version), "state": torch.tensor(mersenne_state, dtype=torch.int64),
-                       "gauss_next": gauss_next},
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_states(states: dict) -> None:
-    python, numpy_state = states["python"], states["numpy"]
-    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():  # the GPUs this machine has
-        for index, cuda_state in enumerate(states["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_checkpoint(path: Path, model, state: dict) -> None:
