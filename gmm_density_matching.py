@@ -40,13 +40,15 @@ variable, d termination flag -- never truncation --, gamma discount, tau Polyak 
       L_Q = mean_batch (Q_1(s, a) - y)^2 + mean_batch (Q_2(s, a) - y)^2                            (11)
       theta' <- (1 - tau) theta' + tau theta   after every critic update                            (12)
 
-The proposal pitfall (why eq. (6) and the non-source proposals exist): self-normalised weights on
-samples from q fit q(a) * exp(Q/T), not exp(Q/T). The source's q = N(0, I) over u adds a prior that
-pulls the policy to the box centre, harder as T grows; `uniform` (constant q(a)) targets exp(Q/T);
-`policy` (q = pi_old) targets MPO's E-step pi_old * exp(Q/T); the correction (6) targets exp(Q/T) for
-any proposal, at the price of a smaller effective sample size (losses/ess). As Q's scale grows a fixed
-T slides from uniform weights to argmax; the KL-bounded T of (7) keeps the reweighting's strength.
-The defaults, why they were chosen, and the runs behind them: docs/gmm_defaults.md.
+Where it departs from the source (000), and the flags that restore it: the source's samples
+"a_i ~ N(0, I)" are drawn over u and squashed, so each is a valid action; log sigma is squashed
+smoothly into [-5, 2] (--log-std-min/max: CleanRL's range; the source names none); the default
+proposal and T (`policy`, `kl`) replace the source's (--proposal gaussian --temperature-mode fixed
+--temperature 1) because of the proposal pitfall: self-normalised weights on samples from q fit
+q(a) * exp(Q/T), not exp(Q/T). N(0, I) over u adds a prior pulling to the box centre, harder as T
+grows; `uniform` targets exp(Q/T), `policy` MPO's pi_old * exp(Q/T), the correction (6) exp(Q/T) for
+any q at a smaller effective sample size (losses/ess); and as Q's scale grows a fixed T slides from
+uniform weights to argmax, which the KL-bounded T of (7) prevents. Defaults, runs: docs/gmm_defaults.md.
 
 Sources: the density-matching GMM policy document (the project's source 000); MPO (arXiv:1806.06920)
 for the policy proposal and the KL-bounded T; Soft Q-learning (arXiv:1702.08165); SAC (arXiv:1801.01290)
@@ -55,7 +57,7 @@ for the critics; the file layout and metric names follow CleanRL's sac_continuou
 Run it:
     python gmm_density_matching.py --env-id Humanoid-v4 --cuda
     python gmm_density_matching.py --env-id Pendulum-v1 --total-timesteps 15000 --eval-every 2500
-    python gmm_density_matching.py --env-id Hopper-v4 --proposal gaussian --temperature-mode fixed  # the source's sampler
+    python gmm_density_matching.py --env-id Humanoid-v4 --proposal gaussian --temperature-mode fixed  # the source's
     python gmm_density_matching.py --resume runs/Hopper-v4__gmm_density_matching__1__1700000000   # go on
 """
 
@@ -87,8 +89,7 @@ class Args:
     total_timesteps: int = 1_000_000
     """total environment steps (summed over the vectorized environments)"""
     num_envs: int = 1
-    """parallel environments for data collection (one training iteration per vector step, as in
-    CleanRL and SB3: with N envs the update-to-data ratio is num_critic_updates / N)"""
+    """parallel envs for data collection (one training iteration per vector step, as in CleanRL and SB3)"""
     # ---- algorithm: replay and schedule ---------------------------------------------------
     buffer_size: int = 1_000_000
     """replay buffer capacity (transitions)"""
@@ -118,10 +119,9 @@ class Args:
     """M, actions sampled per state in the actor update, eq. (2); the M-sample critic pass is the
     cost of this algorithm (linear in M)"""
     proposal: Literal["gaussian", "uniform", "policy", "mixed"] = "policy"
-    """where the M samples come from, eq. (2): gaussian = N(0, I) in u-space (the source), uniform =
-    uniform on the action box, policy = the current GMM (MPO), mixed = a `proposal-mix` fraction
-    from the GMM and the rest from N(0, I). `policy` is the default because the source's
-    `gaussian` did not learn HalfCheetah (docs/gmm_defaults.md)"""
+    """where the M samples come from, eq. (2): gaussian = N(0, I) in u-space (the source), uniform = on
+    the action box, policy = the current GMM (MPO), mixed = a `proposal-mix` fraction from the GMM, the
+    rest N(0, I). Default `policy`: the source's `gaussian` did not learn HalfCheetah (docs/gmm_defaults.md)"""
     proposal_mix: float = 0.5
     """with --proposal mixed: the fraction of the M samples drawn from the policy"""
     importance_correction: bool = False

@@ -18,6 +18,7 @@ env's Box, d termination flag -- never truncation --, gamma discount, tau Polyak
       log pi_i(a|s) = log N(u; mu_i, sigma_i) - sum_j log(scale_j * (1 - tanh(u_j)^2) + eps)     (1)
   Critic target (twin critics, clipped double-Q; the next action comes from the ONLINE actor 0)
       y = r + gamma * (1 - d) * ( min_k Q'_k(s', a'_0) - alpha * log pi_0(a'_0|s') ),  a'_0 ~ pi_0   (2)
+      Deliberately not the source's r + gamma * min Q' - alpha * log pi_0: (2) is SAC's soft target.
       L_Q = sum_k mean_batch (Q_k(s, a) - y)^2                                                   (3)
   Closed-form W2 between diagonal Gaussians, on the pre-squash parameters
       W2^2(N(mu, sigma), N(mu', sigma')) = |mu - mu'|^2 + |sigma - sigma'|^2                      (4)
@@ -29,27 +30,27 @@ env's Box, d termination flag -- never truncation --, gamma discount, tau Polyak
       L_i = E_s[ -lambda_i * min_k Q_k(s, a~_i) + w_i * W2^2(pi_i(.|s), sg(pi_{i-1}(.|s)))
                  + alpha * log pi_i(a~_i|s) ],   i >= 1                                          (6)
       lambda_i = lambda_q, or with --normalize-q (TD3+BC style) lambda_q / sg(mean_batch |Q(s, a~_i)|) (7)
-      The source writes "+ alpha * H(pi_i)"; minimising that would shrink the entropy. The SAC sign
-      (+ alpha * log pi, i.e. maximise entropy) is what is meant and what is implemented.
-      All N losses are summed into one backward pass: each actor's parameters only reach its own
-      term (the predecessor is detached and the critics are frozen), so this equals N separate steps.
+      Three readings of the source: (a) its "+ alpha * H(pi_i)" would shrink the entropy: the SAC sign
+      (+ alpha * log pi, maximise entropy) is meant. (b) Its w_i * W2 beside the closed form of W2^2:
+      the squared W2 of a JKO step is used. (c) All actors step at once on one batch, each towards its
+      predecessor before this step (not one after another): one backward pass of the summed losses,
+      each actor reaching only its own term (predecessor detached, critics frozen) = N separate steps.
   Temperature (only with --autotune; fitted on actor 0, shared by every actor)
       L_alpha = -log_alpha * sg(log pi_0(a|s) + target_entropy),  target_entropy = -dim(A)        (8)
   Target critics
       theta' <- (1 - tau) theta' + tau theta   after every critic update                          (9)
 
 Sources: the POSAC document (POGO, "Policy Optimization as a Gradient Flow in Offline RL", carried
-to online SAC), Haarnoja et al. 2018 (arXiv:1801.01290, 1812.05905); layout, metric names and the
-tanh-Gaussian follow this project's sac_continuous.py. The source's options work too: --env-name,
---num-steps, --start-steps, --eval-freq (in episodes), --updates-per-step, --lr,
---automatic-entropy-tuning, and --w2-weights "0.0,0.1" as well as 0.0 0.1.
+to online SAC), Haarnoja et al. 2018 (arXiv:1801.01290, 1812.05905), this project's sac_continuous.py.
+The source's options work too: --env-name, --num-steps, --start-steps (random actions only; updates
+start once the buffer holds more than a batch, as in the source), --eval-freq (in episodes),
+--updates-per-step, --lr, --automatic-entropy-tuning, and --w2-weights "0.0,0.1" or 0.0 0.1.
 
 Run it:
     python posac_jko.py --env-id Hopper-v4 --num-actors 2 --w2-weights 0.0 0.1
     python posac_jko.py --env-name Humanoid-v5 --seed 123456 --num-steps 1000000 --eval-freq 10 \\
         --num-actors 2 --w2-weights "0.0,0.1" --lr 0.0003          # the source's command line
-    python posac_jko.py --env-id Pendulum-v1 --total-timesteps 10000 --learning-starts 1000 \\
-        --num-actors 2 --w2-weights 0.0 0.1 --eval-every 2000
+    python posac_jko.py --env-id Pendulum-v1 --total-timesteps 10000 --start-steps 1000 --num-actors 2 --w2-weights 0 0.1
     python posac_jko.py --resume runs/Hopper-v4__posac_jko__123456__1700000000   # go on
 """
 
@@ -89,10 +90,10 @@ class Args:
     """minibatch size of every gradient step"""
     gamma: float = 0.99
     """discount factor"""
-    learning_starts: Annotated[int, tyro.conf.arg(aliases=("--start-steps",))] = 10_000
-    """env steps before the first gradient update (the source's --start-steps; see --random-steps)"""
-    random_steps: Optional[int] = None
-    """env steps of uniformly random actions before actor 0 acts (None: --learning-starts, as in the source)"""
+    random_steps: Annotated[int, tyro.conf.arg(aliases=("--start-steps",))] = 10_000
+    """env steps of uniformly random actions before actor 0 acts (the source's --start-steps)"""
+    learning_starts: Optional[int] = None
+    """env steps before the first update (None: once the buffer holds more than a batch, as the source)"""
     updates_per_step: int = 1
     """gradient updates per (vector) env step, each a critic step (3) and every actor's step (5)-(6)"""
     lr: float = 3e-4
@@ -167,7 +168,7 @@ RESUME_MUST_MATCH = ("env_id", "num_envs", "buffer_size", "hidden_size", "num_la
                      "lambda_q", "normalize_q", "autotune", "seed")
 PER_ACTOR_EVALUATION = True  # every actor: the source's printout, eval/actor_{i}/ tags, eval_actor_{i}.npy
 CONFIG_BASE = "posac"  # --config: the source's key names -> (this script's field, implied settings)
-CONFIG_KEYS = {"env_name": ("env_id", {}), "num_steps": ("total_timesteps", {}), "start_steps": ("learning_starts", {}),
+CONFIG_KEYS = {"env_name": ("env_id", {}), "num_steps": ("total_timesteps", {}), "start_steps": ("random_steps", {}),
                "eval_freq": ("eval_freq_episodes", {}), "automatic_entropy_tuning": ("autotune", {})}
 
 
@@ -192,12 +193,10 @@ def parse_w2_weights(values) -> tuple[float, ...]:
 def validate_args(args: Args) -> gym.spaces.Box:
     """Check every argument and the environment before any work; return the env's action space.
     Fills in derived values, so args.json records what the run used: `w2_weights` as floats and
-    `random_steps` = `learning_starts` when not given. Raises ConfigError (Appendix A)."""
-    for name in ["num_actors", "updates_per_step"]:
+    `learning_starts` = `batch_size` when not given. Raises ConfigError (Appendix A)."""
+    for name in ["num_actors", "updates_per_step", "lr"]:
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {args.lr}")
     if args.alpha < 0:
         raise ConfigError(f"--alpha must be >= 0, got {args.alpha}")
     if not (math.isfinite(args.lambda_q) and args.lambda_q > 0):
@@ -206,8 +205,8 @@ def validate_args(args: Args) -> gym.spaces.Box:
         raise ConfigError("--log-std-min must be smaller than --log-std-max")
     if args.eval_freq_episodes is not None and args.eval_freq_episodes <= 0:
         raise ConfigError(f"--eval-freq must be positive (training episodes), got {args.eval_freq_episodes}")
-    if args.random_steps is None:  # before the common checks, which test random_steps >= 0
-        args.random_steps = args.learning_starts
+    if args.learning_starts is None:  # the source updates once len(buffer) > batch_size (before the common checks)
+        args.learning_starts = args.batch_size
     # ---- the JKO chain: one W2 weight per actor, the first 0, none negative ----------------
     weights = parse_w2_weights(args.w2_weights)
     n = args.num_actors

@@ -90,35 +90,7 @@ def test_w2_is_zero_between_identical_actors_and_bounds_action_w2():
         assert action_w2 <= pre_squash + 1e-9
 
 
-# ---- eq. (6): actor i-1 is a fixed reference --------------------------------------------------
-def test_no_gradient_reaches_the_previous_actor():
-    agent = posac_agent(3)
-    obs = random_batch()["obs"]
-    mean, log_std = agent.actors[2].distribution_params(obs)
-    ref_mean, ref_log_std = agent.actors[1].distribution_params(obs)
-    action, log_prob = agent.actors[2].sample(obs)
-    q = agent.critics(obs, action).min(dim=0).values
-    w2 = pj.gaussian_w2_squared(mean, log_std.exp(), ref_mean.detach(), ref_log_std.exp().detach())
-    pj.jko_actor_loss(log_prob, q, w2, 1.0, 0.5, 0.2).backward()
-    assert all(p.grad is None for p in agent.actors[1].parameters())
-    assert all(p.grad is None for p in agent.actors[0].parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actors[2].parameters())
-
-
-def test_stacked_sampling_gives_each_actor_only_its_own_gradient():
-    """What actor_step runs: sample_all stacks the actors, and actor 2's loss of eq. (6) against the
-    detached actor 1 moves only actor 2 (the stack passes zeros to the others)."""
-    agent = posac_agent(3)
-    obs = random_batch()["obs"]
-    actions, log_probs, means, stds = agent.sample_all(obs)
-    q = agent.critics(obs, actions[2]).min(dim=0).values
-    w2 = pj.gaussian_w2_squared(means[2], stds[2], means[1].detach(), stds[1].detach())
-    pj.jko_actor_loss(log_probs[2], q, w2, 1.0, 0.5, 0.2).backward()
-    for i in (0, 1):
-        assert all(p.grad is None or not p.grad.any() for p in agent.actors[i].parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actors[2].parameters())
-
-
+# ---- eq. (6): actor i-1 is a fixed reference (the gradients themselves: tests/test_posac_updates.py)
 def test_actor_0_updates_as_if_it_were_alone_in_the_chain():
     """The full actor step: actor 1's W2 pull towards actor 0 must not move actor 0, so actor 0
     (and the critics) follow the same trajectory with 1 or 3 actors."""
@@ -226,16 +198,41 @@ def test_source_option_names_are_accepted():
                                    "--eval-freq", "10", "--updates-per-step", "2", "--lr", "0.001",
                                    "--num-actors", "2", "--w2-weights", "0.0,0.1", "--automatic-entropy-tuning"])
     pj.validate_args(args)
-    assert (args.env_id, args.total_timesteps, args.learning_starts, args.random_steps) == ("Pendulum-v1", 5000, 500, 500)
+    # --start-steps: random actions only; updates start once the buffer holds more than a batch
+    assert (args.env_id, args.total_timesteps, args.random_steps, args.learning_starts) == ("Pendulum-v1", 5000, 500, 256)
     assert (args.eval_freq_episodes, args.updates_per_step, args.lr, args.autotune) == (10, 2, 0.001, True)
     assert args.w2_weights == (0.0, 0.1)
     spaced = tyro.cli(pj.Args, args=["--env-id", "Pendulum-v1", "--num-actors", "3", "--w2-weights", "0", "0.1", "0.2"])
     pj.validate_args(spaced)
     assert spaced.w2_weights == (0.0, 0.1, 0.2)
     defaults = pj.Args()
-    assert (defaults.env_id, defaults.seed, defaults.learning_starts, defaults.updates_per_step, defaults.alpha,
+    assert (defaults.env_id, defaults.seed, defaults.random_steps, defaults.updates_per_step, defaults.alpha,
             defaults.autotune, defaults.num_actors, defaults.lr, defaults.batch_size) == \
         ("Humanoid-v5", 123456, 10_000, 1, 0.2, False, 1, 3e-4, 256)
+
+
+def test_the_sources_command_line_resolves_to_every_setting_the_source_fixes():
+    """The source's documented command line (its README) and its listed defaults: every setting it
+    fixes, as this script resolves it (--cuda only asks for the GPU; the CPU fallback is Appendix A's)."""
+    args = tyro.cli(pj.Args, args=["--env-name", "Humanoid-v5", "--seed", "123456", "--num-steps", "1000000",
+                                   "--eval-freq", "10", "--num-actors", "2", "--w2-weights", "0.0,0.1",
+                                   "--lr", "0.0003", "--cuda"])
+    pj.validate_args(args)
+    resolved = {name: getattr(args, name) for name in (
+        "env_id", "seed", "total_timesteps", "eval_freq_episodes", "num_actors", "w2_weights", "lr", "cuda",
+        "gamma", "tau", "alpha", "autotune", "batch_size", "random_steps", "learning_starts", "updates_per_step",
+        "eval_episodes", "hidden_size", "num_envs")}
+    assert resolved == {
+        "env_id": "Humanoid-v5", "seed": 123456, "total_timesteps": 1_000_000, "eval_freq_episodes": 10,
+        "num_actors": 2, "w2_weights": (0.0, 0.1), "lr": 3e-4, "cuda": True, "gamma": 0.99, "tau": 0.005,
+        "alpha": 0.2, "autotune": False, "batch_size": 256,
+        "random_steps": 10_000,  # start_steps: the random-action period
+        "learning_starts": 256,  # updates once len(memory) > batch_size
+        "updates_per_step": 1, "eval_episodes": 10, "hidden_size": 256, "num_envs": 1}
+    agent = pj.POSAC(args, 348, pj.check_env("Humanoid-v5"), torch.device("cpu"))
+    assert agent.critics.num_critics == 2 and agent.alpha_optimizer is None  # twin critics, fixed alpha
+    assert agent.alpha.item() == pytest.approx(0.2)
+    assert all(group["lr"] == 3e-4 for opt in (agent.actor_optimizer, agent.critic_optimizer) for group in opt.param_groups)
 
 
 @pytest.mark.parametrize("overrides, message", [

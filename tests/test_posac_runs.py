@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import posac_jko as pj
-from conftest import assert_bad_input_rejected, interrupt_then_resume, loss_rows, only_run_dir, read_csv, run_script
+from conftest import assert_bad_input_rejected, assert_episode_end_transitions_stored, interrupt_then_resume, loss_rows, only_run_dir, read_csv, run_script
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same for the subprocess runs
 
 def tiny_args(output_dir, **overrides) -> pj.Args:
     """A fast two-actor Pendulum run: small nets, early learning, frequent everything."""
-    settings = dict(env_id="Pendulum-v1", total_timesteps=400, learning_starts=100, batch_size=32,
+    settings = dict(env_id="Pendulum-v1", total_timesteps=400, learning_starts=100, random_steps=100, batch_size=32,
                     hidden_size=32, eval_every=200, eval_episodes=2, log_every=100, checkpoint_every=200,
                     num_actors=2, w2_weights=(0.0, 0.1), seed=3, output_dir=str(output_dir))
     return pj.Args(**{**settings, **overrides})
@@ -47,7 +47,11 @@ def test_source_command_line_writes_every_actor(tmp_path):
     run_dir = only_run_dir(tmp_path)
     recorded = json.load(open(os.path.join(run_dir, "args.json")))
     assert recorded["algorithm"] == "posac_jko" and recorded["args"]["w2_weights"] == [0.0, 0.1]
-    assert recorded["args"]["random_steps"] == 100
+    # --start-steps is the random-action period only; updates start once the buffer holds more
+    # than one batch (the source's len(memory) > batch_size): here from step 33
+    assert recorded["args"]["random_steps"] == 100 and recorded["args"]["learning_starts"] == 32
+    first_update = min(int(step) for step, metric, _ in loss_rows(run_dir) if metric == "losses/qf1_loss")
+    assert first_update == 100  # the first log interval (--log-every 100) after step 33 already has losses
     # Pendulum episodes are 200 steps: evaluations after episodes 1 (step 200) and at the end (400)
     rows = read_csv(os.path.join(run_dir, "eval.csv"))
     assert {(r["global_step"], r["policy"], r["mode"]) for r in rows} == {
@@ -111,13 +115,41 @@ def test_resume_continues_the_run_with_every_actor(tmp_path):
     assert lambdas and all(0 < v < 1e6 and v != 1.0 for v in lambdas)  # lambda_q / mean|Q|, not the fixed 1
 
 
+@pytest.mark.parametrize("env_id, expect_termination", [("ScriptedTruncate-v0", False), ("ScriptedTerminate-v0", True)])
+def test_episode_end_transitions(tmp_path, env_id, expect_termination):
+    """POSAC's own loop stores the true final state and d = termination, never truncation."""
+    args = tiny_args(tmp_path, env_id=env_id, total_timesteps=23, learning_starts=1000, eval_episodes=1)
+    run_dir = pj.train(args)["run_dir"]
+    assert_episode_end_transitions_stored(run_dir, expect_termination, episode_ends=4)  # 23 steps, 5 per episode
+
+
+def test_actor_0_is_the_one_that_acts(tmp_path):
+    """After the random steps the environment gets actor 0's stochastic actions, not another
+    actor's: the stored actions are far more likely under actor 0 than under actor 1 (no updates
+    here, so both actors keep their different initial weights)."""
+    args = tiny_args(tmp_path, total_timesteps=300, random_steps=0, learning_starts=10_000, eval_every=0)
+    run_dir = pj.train(args)["run_dir"]
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
+    agent = pj.POSAC(args, 3, pj.check_env("Pendulum-v1"), torch.device("cpu"))
+    agent.load_state_dict(checkpoint["agent"])
+    buffer = checkpoint["replay_buffer"]
+    actor = agent.actors[0]
+    u = torch.atanh(((buffer["actions"] - actor.action_bias) / actor.action_scale).clamp(-1 + 1e-6, 1 - 1e-6))
+    log_likelihood = []
+    with torch.no_grad():
+        for policy in agent.actors:
+            mean, log_std = policy.distribution_params(buffer["obs"])
+            log_likelihood.append(torch.distributions.Normal(mean, log_std.exp()).log_prob(u).sum().item())
+    assert log_likelihood[0] > log_likelihood[1] + 50, log_likelihood
+
+
 def test_pendulum_actor_0_learns_and_actor_1_is_evaluated(tmp_path):
     """Within 10,000 steps actor 0's deterministic return reaches -300 on Pendulum-v1 with
     --num-actors 2 --w2-weights 0.0 0.1. The source's 10,000 random start steps are Humanoid's
     default and would be the whole budget here; Pendulum episodes are 200 steps, so the test
     starts learning (and actor 0 acting) after 1,000 steps, with a smaller batch and network to keep
     the test short (a few minutes on 2 cores)."""
-    args = pj.Args(env_id="Pendulum-v1", total_timesteps=10_000, learning_starts=1_000, batch_size=128,
+    args = pj.Args(env_id="Pendulum-v1", total_timesteps=10_000, learning_starts=1_000, random_steps=1_000, batch_size=128,
                    hidden_size=128, num_actors=2, w2_weights=(0.0, 0.1), eval_every=2_500, eval_episodes=5,
                    log_every=1_000, seed=1, output_dir=str(tmp_path))
     result = pj.train(args)

@@ -1,0 +1,153 @@
+"""gmm_density_matching.py's own update steps against independent references (tests/references.py):
+the critic target (10) takes the minimum of the TARGET critics at a' ~ pi(.|s'), the critic loss
+(11) sums the critics' mean squared errors, the target update (12) moves the targets a fraction tau
+towards the online critics, and the actor step scores its M proposals with the minimum of the
+ONLINE critics, weights them by eqs. (4)/(6) and follows the gradient of (5) computed with
+torch.distributions' MixtureSameFamily. The target critics differ from the online ones and the two
+critics from each other, so using the wrong set or the mean/max instead of the min shows."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import tyro
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+import gmm_density_matching as gmm
+from references import assert_same_gradients, clone_parameters, each_critic, mlp_critic, polyak
+
+OBS_DIM, BATCH, ACTION_DIM = 5, 16, 3
+SPACE = gym.spaces.Box(np.array([-2.0, -0.5, 0.0], np.float32), np.array([2.0, 0.5, 3.0], np.float32))
+CLOSE = dict(rtol=1e-5, atol=1e-5)  # float32
+
+
+def gmm_critic_layers(ensemble, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Critic k of gmm's CriticEnsemble as plain layers: its first layer is stored split into a
+    state and an action half, eq. (9); here the two halves are stacked back into one matrix."""
+    first = (torch.cat([ensemble.weight_state[k], ensemble.weight_action[k]]), ensemble.bias_first[k])
+    return [first] + [(weight[k], bias[k]) for weight, bias in zip(ensemble.weights, ensemble.biases)]
+
+
+def small_agent(**overrides) -> gmm.GMMAgent:
+    settings = dict(env_id="Hopper-v4", hidden_size=16, num_components=3, num_action_samples=8, seed=3,
+                    entropy_coef=0.05)
+    args = gmm.Args(**{**settings, **overrides})
+    torch.manual_seed(0)
+    agent = gmm.GMMAgent(args, OBS_DIM, SPACE, torch.device("cpu"))
+    with torch.no_grad():  # target critics unlike the online ones, so using the wrong set shows
+        for p in agent.target_critics.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return agent
+
+
+def random_batch(seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    low, high = torch.as_tensor(SPACE.low), torch.as_tensor(SPACE.high)
+    return {"obs": torch.randn(BATCH, OBS_DIM, generator=g), "next_obs": torch.randn(BATCH, OBS_DIM, generator=g),
+            "actions": low + (high - low) * torch.rand(BATCH, ACTION_DIM, generator=g),
+            "rewards": torch.randn(BATCH, generator=g) * 3,
+            "terminations": torch.tensor([1.0, 0.0, 0.0, 0.0] * (BATCH // 4))}
+
+
+def mixture_log_prob(u: torch.Tensor, log_w, mean, log_std) -> torch.Tensor:
+    """log pi(u|s) of eq. (3) from torch.distributions: u [B, M, A] -> [B, M]."""
+    mixture = MixtureSameFamily(Categorical(logits=log_w), Independent(Normal(mean, log_std.exp()), 1))
+    return mixture.log_prob(u.transpose(0, 1)).transpose(0, 1)  # the batch dims must be trailing
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_critic_target_is_the_target_critics_minimum_at_the_policys_next_action(alpha):
+    agent = small_agent(alpha=alpha)
+    critics = copy.deepcopy(agent.critics)
+    batch = random_batch()
+    torch.manual_seed(5)
+    with torch.no_grad():  # the policy's draw a' ~ pi(.|s') from the same random stream
+        next_action, next_log_prob = agent.actor.sample(batch["next_obs"])
+        next_q = each_critic(agent.target_critics, gmm_critic_layers, batch["next_obs"], next_action)
+        target = batch["rewards"] + 0.99 * (1 - batch["terminations"]) * (next_q.min(dim=0).values - alpha * next_log_prob)
+    torch.manual_seed(5)
+    out = agent.critic_step(batch)
+    torch.testing.assert_close(out["td_target"], target, **CLOSE)
+    q_values = each_critic(critics, gmm_critic_layers, batch["obs"], batch["actions"])
+    loss = (q_values - target).pow(2).mean(dim=1).sum()  # eq. (11): per critic a mean over the batch, summed
+    torch.testing.assert_close(out["critic_loss"], loss.detach(), **CLOSE)
+    loss.backward()
+    assert_same_gradients(agent.critics, critics)
+
+
+def test_critic_loss_sums_the_critics_mean_squared_errors():
+    q_values = torch.tensor([[1.0, 2.0, 4.0], [0.0, -1.0, 1.0]])
+    target = torch.tensor([1.0, 0.0, 1.0])
+    # critic 1: (0 + 4 + 9) / 3, critic 2: (1 + 1 + 0) / 3
+    assert gmm.critic_loss(q_values, target).item() == pytest.approx(13 / 3 + 2 / 3)
+
+
+@pytest.mark.parametrize("tau", [0.25, 1.0])
+def test_target_update_moves_the_targets_tau_towards_the_online_critics(tau):
+    agent = small_agent(tau=tau)
+    target, online = clone_parameters(agent.target_critics), clone_parameters(agent.critics)
+    agent.target_update()
+    for after, expected in zip(agent.target_critics.parameters(), polyak(target, online, tau)):
+        torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
+    for after, before in zip(agent.critics.parameters(), online):
+        assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("proposal, temperature_mode, correction", [
+    ("gaussian", "fixed", False), ("policy", "kl", False), ("mixed", "kl", True), ("uniform", "fixed", True)])
+def test_actor_step_scores_with_the_online_critics_minimum_and_fits_the_weights(proposal, temperature_mode, correction):
+    agent = small_agent(proposal=proposal, temperature_mode=temperature_mode, importance_correction=correction,
+                        temperature=0.7)
+    actor, critics = copy.deepcopy(agent.actor), copy.deepcopy(agent.critics)
+    obs = random_batch(seed=2)["obs"]
+    proposal_state = agent.proposal_generator.get_state()
+    out = agent.actor_step({"obs": obs})
+    # the same M proposals again (the script's sampler, from the same generator state)
+    agent.proposal_generator.set_state(proposal_state)
+    params = actor.distribution_params(obs)
+    u, log_q = agent.propose(obs, tuple(p.detach() for p in params))
+    actions = actor.squash(u)  # [B, M, A]
+    q = each_critic(critics, gmm_critic_layers, obs.repeat_interleave(8, dim=0), actions.reshape(-1, ACTION_DIM))
+    q = q.min(dim=0).values.view(BATCH, 8)
+    torch.testing.assert_close(out["sample_q"], q, **CLOSE)
+    temperature = out["temperature"] if temperature_mode == "kl" else 0.7
+    logits = q / temperature - (log_q if correction else 0.0)
+    weights = torch.softmax(logits, dim=-1)
+    torch.testing.assert_close(out["weights"], weights, **CLOSE)
+    # eq. (5) with log pi from torch.distributions, and its gradient
+    log_w, mean, log_std = params
+    loss = (-(weights * mixture_log_prob(u, *params)).sum(-1).mean()
+            - 0.05 * (log_w.exp() * log_std.sum(-1)).sum(-1).mean())
+    torch.testing.assert_close(out["actor_loss"], loss.detach(), **CLOSE)
+    loss.backward()
+    assert_same_gradients(agent.actor, actor)
+
+
+def test_the_sources_settings_resolve_and_sample_the_sources_proposal():
+    """The source's sampler as README and the docstring give it, on the source's task: u_i ~ N(0, I),
+    p_i = softmax(min(Q_1, Q_2) / T) with T = 1, no importance correction, no entropy term in the
+    critic target, the std regulariser of eq. (5) on, twin critics, soft target updates."""
+    args = tyro.cli(gmm.Args, args=["--env-id", "Humanoid-v4", "--proposal", "gaussian", "--temperature-mode", "fixed",
+                                    "--temperature", "1"])
+    gmm.validate_args(args)
+    assert (args.env_id, args.proposal, args.temperature_mode, args.temperature, args.importance_correction,
+            args.alpha) == ("Humanoid-v4", "gaussian", "fixed", 1.0, False, 0.0)
+    assert args.entropy_coef > 0 and 0 < args.tau < 1
+    small = small_agent(proposal=args.proposal, temperature_mode=args.temperature_mode, temperature=args.temperature,
+                        num_action_samples=4096)
+    obs = random_batch(seed=4)["obs"][:4]
+    u, log_q = small.propose(obs, small.actor.distribution_params(obs))
+    assert log_q is None and u.shape == (4, 4096, ACTION_DIM)
+    # N(0, I) in u-space, whatever the policy: mean 0, variance 1, no correlation
+    flat = u.reshape(-1, ACTION_DIM)
+    assert flat.mean(0).abs().max() < 0.03 and (flat.var(0) - 1).abs().max() < 0.05
+    assert torch.corrcoef(flat.T).sub(torch.eye(ACTION_DIM)).abs().max() < 0.03
+    assert small.critics.num_critics == 2
+    out = small_agent(proposal="gaussian", temperature_mode="fixed", temperature=1.0).actor_step({"obs": obs})
+    torch.testing.assert_close(out["weights"], torch.softmax(out["sample_q"] / 1.0, dim=-1))
+    assert math.isclose(float(out["temperature"]), 1.0)

@@ -1,0 +1,163 @@
+"""posac_jko.py's own update steps against float64 references (tests/references.py): every actor
+gets exactly the gradient of its own loss, eq. (5) for actor 0 and (6) with (4) and (7) for actor
+i >= 1 against actor i-1 (detached by the script, not by the test); the critic target (2)
+bootstraps from actor 0 through the TARGET critics' minimum; the target update (9) moves the
+target critics a fraction tau towards the online ones; the temperature step (8) has SAC's sign.
+Three actors with different W2 weights, so a wrong predecessor, an off-by-one weight or a flipped
+sign changes a gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import posac_jko as pj
+from references import (assert_same_gradients, clone_parameters, each_critic, polyak, stacked_critic_layers,
+                        tanh_gaussian_log_prob)
+
+OBS_DIM, BATCH = 5, 16
+SPACE = gym.spaces.Box(np.array([-2.0, -0.5, 0.0], np.float32), np.array([2.0, 0.5, 3.0], np.float32))
+ACTION_DIM = 3
+W2_WEIGHTS = (0.0, 0.25, 0.75)  # exact in float32 (the script keeps them as a float32 column)
+CLOSE = dict(rtol=1e-4, atol=1e-6)  # float64; the scripts' eps = 1e-6 in the tanh Jacobian is the difference
+
+
+def float64_agent(num_actors: int = 3, **overrides) -> pj.POSAC:
+    settings = dict(env_id="Hopper-v4", num_actors=num_actors, w2_weights=W2_WEIGHTS[:num_actors], hidden_size=16,
+                    alpha=0.5, lambda_q=1.5)
+    args = pj.Args(**{**settings, **overrides})
+    torch.manual_seed(0)
+    agent = pj.POSAC(args, OBS_DIM, SPACE, torch.device("cpu"))
+    for module in (agent.actors, agent.critics, agent.target_critics):
+        module.double()
+    with torch.no_grad():  # target critics unlike the online ones, so using the wrong set shows
+        for p in agent.target_critics.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return agent
+
+
+def float64_batch(seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    low, high = torch.as_tensor(SPACE.low, dtype=torch.float64), torch.as_tensor(SPACE.high, dtype=torch.float64)
+    return {"obs": torch.randn(BATCH, OBS_DIM, generator=g, dtype=torch.float64),
+            "next_obs": torch.randn(BATCH, OBS_DIM, generator=g, dtype=torch.float64),
+            "actions": low + (high - low) * torch.rand(BATCH, ACTION_DIM, generator=g, dtype=torch.float64),
+            "rewards": torch.randn(BATCH, generator=g, dtype=torch.float64),
+            "terminations": torch.tensor([1.0, 0.0, 0.0, 0.0] * (BATCH // 4), dtype=torch.float64)}
+
+
+def min_q(critics, obs, action):
+    return each_critic(critics, stacked_critic_layers, obs, action).min(dim=0).values
+
+
+def reference_actor_losses(actors, critics, obs, noise, alpha, lambda_q, normalize_q) -> torch.Tensor:
+    """Each actor's loss on copies of the networks: (5) for actor 0, (6) for i >= 1 with the W2 of
+    (4) to a detached actor i-1 and lambda of (7). -> [N]."""
+    params = [actor.distribution_params(obs) for actor in actors]
+    scale, bias = actors[0].action_scale, actors[0].action_bias
+    losses = []
+    for i, (mean, log_std) in enumerate(params):
+        std = log_std.exp()
+        u = mean + std * noise[i]
+        log_prob = tanh_gaussian_log_prob(u, mean, std, scale)
+        q = min_q(critics, obs, torch.tanh(u) * scale + bias)
+        if i == 0:
+            losses.append((alpha * log_prob - q).mean())
+            continue
+        previous_mean, previous_std = params[i - 1][0].detach(), params[i - 1][1].exp().detach()
+        w2 = (mean - previous_mean).pow(2).sum(-1) + (std - previous_std).pow(2).sum(-1)
+        lam = lambda_q / q.detach().abs().mean() if normalize_q else lambda_q
+        losses.append((-lam * q + W2_WEIGHTS[i] * w2 + alpha * log_prob).mean())
+    return torch.stack(losses)
+
+
+@pytest.mark.parametrize("normalize_q", [False, True])
+def test_each_actor_gets_the_gradient_of_its_own_loss(normalize_q):
+    agent = float64_agent(normalize_q=normalize_q)
+    actors, critics = copy.deepcopy(agent.actors), copy.deepcopy(agent.critics)
+    batch = float64_batch()
+    torch.manual_seed(7)
+    noise = torch.randn(3, BATCH, ACTION_DIM, dtype=torch.float64)  # actor_step's one draw, [N, B, A]
+    torch.manual_seed(7)
+    out = agent.actor_step(batch)
+    expected = reference_actor_losses(actors, critics, batch["obs"], noise, 0.5, 1.5, normalize_q)
+    torch.testing.assert_close(out["per_actor_loss"], expected.detach(), **CLOSE)
+    expected.sum().backward()
+    for i in range(3):
+        assert_same_gradients(agent.actors[i], actors[i])
+    assert all(p.grad is None for p in agent.critics.parameters()), "the actor step must not train the critics"
+    # the logged W2 of actor i is to actor i-1
+    with torch.no_grad():
+        params = [(mean, log_std.exp()) for mean, log_std in (a.distribution_params(batch["obs"]) for a in actors)]
+        w2 = [((m - pm).pow(2).sum(-1) + (s - ps).pow(2).sum(-1)).mean()
+              for (m, s), (pm, ps) in zip(params[1:], params[:-1])]
+    torch.testing.assert_close(out["w2"], torch.stack(w2), **CLOSE)
+
+
+def test_the_actor_step_moves_each_actor_downhill_on_its_own_loss():
+    """One step with a small learning rate lowers every actor's own loss (same noise), and leaves
+    the previous actors where their own gradients put them: a sign error anywhere raises one."""
+    agent = float64_agent(lr=1e-4)
+    batch = float64_batch(seed=2)
+    torch.manual_seed(11)
+    noise = torch.randn(3, BATCH, ACTION_DIM, dtype=torch.float64)
+    before = reference_actor_losses(agent.actors, agent.critics, batch["obs"], noise, 0.5, 1.5, False).detach()
+    torch.manual_seed(11)
+    agent.actor_step(batch)
+    after = reference_actor_losses(agent.actors, agent.critics, batch["obs"], noise, 0.5, 1.5, False).detach()
+    assert (after < before).all(), (before, after)
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_critic_target_bootstraps_from_actor_0_through_the_target_critics_minimum(autotune):
+    agent = float64_agent(autotune=autotune)
+    critics, actor_0 = copy.deepcopy(agent.critics), copy.deepcopy(agent.actors[0])
+    batch = float64_batch(seed=3)
+    torch.manual_seed(5)
+    noise = torch.randn(BATCH, ACTION_DIM, dtype=torch.float64)  # actor 0's next-action draw
+    with torch.no_grad():
+        mean, log_std = actor_0.distribution_params(batch["next_obs"])
+        u = mean + log_std.exp() * noise
+        next_log_prob = tanh_gaussian_log_prob(u, mean, log_std.exp(), actor_0.action_scale)
+        next_q = min_q(agent.target_critics, batch["next_obs"], torch.tanh(u) * actor_0.action_scale + actor_0.action_bias)
+        alpha = 1.0 if autotune else 0.5
+        target = batch["rewards"] + 0.99 * (1 - batch["terminations"]) * (next_q - alpha * next_log_prob)
+    torch.manual_seed(5)
+    out = agent.critic_step(batch)
+    for k in range(2):
+        torch.testing.assert_close(out["td_target"][k], target, **CLOSE)
+    # eq. (3): the sum over critics of the mean squared TD error, and its gradient
+    q_values = each_critic(critics, stacked_critic_layers, batch["obs"], batch["actions"])
+    loss = (q_values - target).pow(2).mean(dim=1).sum()
+    torch.testing.assert_close(out["critic_loss"], loss.detach(), **CLOSE)
+    loss.backward()
+    assert_same_gradients(agent.critics, critics)
+
+
+def test_target_update_moves_the_targets_tau_towards_the_online_critics():
+    agent = float64_agent(tau=0.25)
+    target, online = clone_parameters(agent.target_critics), clone_parameters(agent.critics)
+    agent.target_update()
+    for after, expected in zip(agent.target_critics.parameters(), polyak(target, online, 0.25)):
+        torch.testing.assert_close(after, expected, rtol=1e-12, atol=1e-12)
+    for after, before in zip(agent.critics.parameters(), online):
+        assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("entropy_gap", [+0.7, -0.7])
+def test_temperature_step_follows_eq_8(entropy_gap):
+    """d L_alpha / d log alpha = -mean(log pi + target_entropy): alpha rises when the entropy
+    -log pi is below the target (-dim A), falls when above."""
+    agent = float64_agent(autotune=True)
+    with torch.no_grad():
+        agent.log_alpha.fill_(0.3)
+    log_prob = torch.full((BATCH,), ACTION_DIM + entropy_gap, dtype=torch.float64)  # entropy = target - gap
+    before = agent.log_alpha.item()
+    out = agent.temperature_step(log_prob)
+    assert agent.log_alpha.grad.item() == pytest.approx(-entropy_gap)
+    assert out["alpha_loss"].item() == pytest.approx(-before * entropy_gap, abs=1e-7)
+    assert (agent.log_alpha.item() > before) == (entropy_gap > 0)
