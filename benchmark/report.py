@@ -7,11 +7,14 @@ Reads every run folder at or below the given paths (a folder with eval.csv; args
 summary.json when present) and writes into --out-dir:
 - `learning_curves.png`: one panel per env; one line per algorithm (per configuration when an
   algorithm ran several, per actor for multi-actor POSAC runs): the mean evaluation return
-  over seeds, with the band mean +- std over seeds. Seeds are put on a common step grid by
-  linear interpolation, up to the last step every seed reached.
+  over seeds, with the band from the lowest to the highest seed. Seeds are put on a common step
+  grid by linear interpolation, up to the last step every seed reached.
 - `results.md`: per env and line, the final and the best evaluation return (mean +- std over
-  seeds, std with ddof=0), the seeds, the final global step, and SPS / train SPS from
-  summary.json ("-" for runs that have not finished).
+  seeds, std with ddof=0), the seeds (and how many were resumed), the final global step, and SPS /
+  train SPS / wall time from summary.json, over the runs that finished in one process ("-": none).
+- `final_returns.csv`: one row per finished run and policy, `algorithm,env_id,seed,total_timesteps,
+  final_return` (the mean return of the run's last evaluation), the algorithm by its short name
+  (SHORT_NAMES); a multi-actor run's actor i >= 1 as `{name}_actor{i}` (POSAC: posac, posac_actor1).
 The evaluation mode (deterministic / stochastic) is picked with --mode.
 """
 
@@ -35,9 +38,13 @@ class Args:
     paths: list[str] = field(default_factory=lambda: ["runs"])
     """run folders, or folders searched recursively for them"""
     out_dir: str = "report"
-    """where learning_curves.png and results.md go"""
+    """where learning_curves.png, results.md and final_returns.csv go"""
     mode: Literal["deterministic", "stochastic"] = "deterministic"
     """which evaluation mode to report"""
+
+
+# the algorithms' short names in final_returns.csv
+SHORT_NAMES = {"sac_continuous": "sac", "gmm_density_matching": "gmm", "posac_jko": "posac", "sb3_sac": "sb3_sac"}
 
 
 def run_identity(folder: Path) -> dict:
@@ -52,6 +59,7 @@ def run_identity(folder: Path) -> dict:
         "exp_name": exp_name,
         "seed": int(run_args.get("seed", parts[2] if len(parts) == 4 else 0)),
         "algorithm": record.get("algorithm", exp_name),
+        "total_timesteps": run_args.get("total_timesteps", np.nan),
         "time": folder_time(folder),
         "folder": str(folder),
     }
@@ -69,8 +77,13 @@ def load_runs(paths: list[str | Path], mode: str = "deterministic") -> pd.DataFr
             continue
         summary = read_json(folder / SUMMARY) or {}
         identity = run_identity(folder)
-        frames.append(evals.assign(**identity, sps=summary.get("sps", np.nan),
-                                   train_sps=summary.get("train_sps", np.nan)))
+        timing = {name: summary.get(name, np.nan) for name in ("sps", "train_sps", "wall_time_s")}
+        # a resumed run's summary times only its last process: sps * wall_time_s = the steps that
+        # process ran. Such timings are left out (NaN) and the run is marked as resumed.
+        resumed = bool(summary) and timing["sps"] * timing["wall_time_s"] < summary.get("global_step", 0) - 1
+        if resumed:
+            timing = dict.fromkeys(timing, np.nan)
+        frames.append(evals.assign(**identity, **timing, resumed=resumed))
     if not frames:
         raise FileNotFoundError(f"no run folders with {mode} evaluations under {list(map(str, paths))}")
     df = pd.concat(frames, ignore_index=True)
@@ -88,15 +101,15 @@ def line_labels(df: pd.DataFrame) -> pd.Series:
     return base.where(actors == 1, base + " actor " + df["policy"].astype(str))
 
 
-def curve(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, mean, std) over the seeds of one line, on the union of their evaluation steps
-    up to the last step that every seed reached."""
+def curve(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, lowest, highest) over the seeds of one line, on the union of their evaluation
+    steps up to the last step that every seed reached."""
     per_seed = [g.sort_values("global_step") for _, g in group.groupby("seed")]
     last = min(g["global_step"].iloc[-1] for g in per_seed)
     steps = np.unique(np.concatenate([g["global_step"].to_numpy() for g in per_seed]))
     steps = steps[steps <= last]
     values = np.stack([np.interp(steps, g["global_step"], g["mean_return"]) for g in per_seed])
-    return steps, values.mean(axis=0), values.std(axis=0)
+    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -107,13 +120,32 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
         final = per_seed["mean_return"].last()
         best = per_seed["mean_return"].max()
         rows.append({
-            "env_id": env_id, "line": label, "seeds": len(final),
+            "env_id": env_id, "line": label, "seeds": len(final), "resumed": int(per_seed["resumed"].first().sum()),
             "final_mean": final.mean(), "final_std": final.std(ddof=0),
             "best_mean": best.mean(), "best_std": best.std(ddof=0),
             "steps": int(per_seed["global_step"].max().mean()),
             "sps": per_seed["sps"].first().mean(), "train_sps": per_seed["train_sps"].first().mean(),
+            "wall_min": per_seed["wall_time_s"].first().mean() / 60,
         })
     return pd.DataFrame(rows)
+
+
+def final_returns(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run (last evaluation at its total_timesteps) and policy: algorithm (short
+    name, `_actor{i}` for actor i >= 1), env_id, seed, total_timesteps, final_return."""
+    rows = []
+    for _, run in df.groupby("folder", sort=False):
+        last_step = run["global_step"].max()
+        budget = run["total_timesteps"].iloc[0]
+        if pd.notna(budget) and last_step < budget:
+            continue  # unfinished: its last evaluation is not a final one
+        name = SHORT_NAMES.get(run["algorithm"].iloc[0], run["algorithm"].iloc[0])
+        for policy, evals in run[run["global_step"] == last_step].groupby("policy"):
+            rows.append({"algorithm": name if policy == 0 else f"{name}_actor{policy}",
+                         "env_id": run["env_id"].iloc[0], "seed": int(run["seed"].iloc[0]),
+                         "total_timesteps": int(last_step), "final_return": float(evals["mean_return"].iloc[-1])})
+    columns = ["algorithm", "env_id", "seed", "total_timesteps", "final_return"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["env_id", "algorithm", "seed"], ignore_index=True)
 
 
 def to_markdown(table: pd.DataFrame, mode: str) -> str:
@@ -121,15 +153,18 @@ def to_markdown(table: pd.DataFrame, mode: str) -> str:
         return "-" if pd.isna(x) else f"{x:.{digits}f}"
 
     lines = [
-        f"Evaluation returns ({mode} policy), mean +- std over seeds (ddof=0).",
+        f"Evaluation returns ({mode} policy), mean +- std over seeds (ddof=0). SPS and wall time: means over the"
+        " runs that ran in one process (a resumed run's summary times only its last part).",
         "",
-        "| env | algorithm | seeds | final return | best return | steps | SPS | train SPS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| env | algorithm | seeds | final return | best return | steps | SPS | train SPS | wall time (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.env_id} | {r.line} | {r.seeds} | {r.final_mean:.1f} +- {r.final_std:.1f} | "
-            f"{r.best_mean:.1f} +- {r.best_std:.1f} | {r.steps} | {number(r.sps)} | {number(r.train_sps)} |"
+            f"| {r.env_id} | {r.line} | {r.seeds}{f' ({r.resumed} resumed)' if r.resumed else ''} | "
+            f"{r.final_mean:.1f} +- {r.final_std:.1f} | "
+            f"{r.best_mean:.1f} +- {r.best_std:.1f} | {r.steps} | {number(r.sps)} | {number(r.train_sps)} | "
+            f"{number(r.wall_min)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,9 +181,9 @@ def plot_curves(df: pd.DataFrame, path: Path, mode: str) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
     for ax, env_id in zip(axes.flat, envs):
         for label, group in df[df["env_id"] == env_id].groupby("label", sort=True):
-            steps, mean, std = curve(group)
+            steps, mean, lowest, highest = curve(group)
             (line,) = ax.plot(steps, mean, label=f"{label} ({group['seed'].nunique()} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, lowest, highest, color=line.get_color(), alpha=0.2)
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
         ax.set_ylabel(f"{mode} eval return")
@@ -162,7 +197,7 @@ def plot_curves(df: pd.DataFrame, path: Path, mode: str) -> None:
 
 
 def report(paths: list[str | Path], out_dir: str | Path, mode: str = "deterministic") -> pd.DataFrame:
-    """Write learning_curves.png and results.md into out_dir; returns the results table."""
+    """Write learning_curves.png, results.md and final_returns.csv into out_dir; returns the results table."""
     df = load_runs(paths, mode)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +205,9 @@ def report(paths: list[str | Path], out_dir: str | Path, mode: str = "determinis
     table = results_table(df)
     markdown = to_markdown(table, mode)
     (out_dir / "results.md").write_text(markdown + "\n![learning curves](learning_curves.png)\n")
+    final_returns(df).to_csv(out_dir / "final_returns.csv", index=False, float_format="%.4f")
     print(markdown)
-    print(f"wrote {out_dir / 'learning_curves.png'} and {out_dir / 'results.md'}")
+    print(f"wrote {out_dir / 'learning_curves.png'}, {out_dir / 'results.md'} and {out_dir / 'final_returns.csv'}")
     return table
 
 

@@ -60,6 +60,23 @@ def mixture_log_prob(u: torch.Tensor, log_w, mean, log_std) -> torch.Tensor:
     return mixture.log_prob(u.transpose(0, 1)).transpose(0, 1)  # the batch dims must be trailing
 
 
+def reference_log_q_of_actions(proposal: str, u: torch.Tensor, params, actor, mix: float = 0.5) -> torch.Tensor:
+    """log q(a_i|s) of eq. (6) from torch.distributions: the proposal's density over u (N(0, I); tanh(u)
+    uniform on the box; the GMM; the stratified mixture f * GMM + (1 - f) * N(0, I)) minus log |da/du|."""
+    standard = Independent(Normal(torch.zeros_like(u), torch.ones_like(u)), 1).log_prob(u)
+    if proposal == "gaussian":
+        log_q_u = standard
+    elif proposal == "uniform":  # v = tanh(u) ~ U(-1, 1)^A: q(u) = prod_j (1/2) * dv/du
+        v = torch.tanh(u)
+        log_q_u = (torch.distributions.Uniform(-1.0, 1.0).log_prob(v) + torch.log(1 - v.pow(2))).sum(-1)
+    else:
+        log_pi = mixture_log_prob(u, *(p.detach() for p in params))
+        f = 1.0 if proposal == "policy" else round(mix * u.shape[1]) / u.shape[1]
+        log_q_u = log_pi if f == 1.0 else torch.logaddexp(log_pi + math.log(f), standard + math.log(1 - f))
+    log_jacobian = torch.log(actor.action_scale * (1 - torch.tanh(u).pow(2))).sum(-1)
+    return log_q_u - log_jacobian
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.3])
 def test_critic_target_is_the_target_critics_minimum_at_the_policys_next_action(alpha):
     agent = small_agent(alpha=alpha)
@@ -116,6 +133,9 @@ def test_actor_step_scores_with_the_online_critics_minimum_and_fits_the_weights(
     q = q.min(dim=0).values.view(BATCH, 8)
     torch.testing.assert_close(out["sample_q"], q, **CLOSE)
     temperature = out["temperature"] if temperature_mode == "kl" else 0.7
+    if correction:  # the proposal's log-density over actions, independently of the script's
+        # (float32 and the scripts' eps in the Jacobians: agreement to 1e-3 in log q)
+        torch.testing.assert_close(log_q, reference_log_q_of_actions(proposal, u, params, actor), rtol=0, atol=1e-3)
     logits = q / temperature - (log_q if correction else 0.0)
     weights = torch.softmax(logits, dim=-1)
     torch.testing.assert_close(out["weights"], weights, **CLOSE)
@@ -151,3 +171,65 @@ def test_the_sources_settings_resolve_and_sample_the_sources_proposal():
     out = small_agent(proposal="gaussian", temperature_mode="fixed", temperature=1.0).actor_step({"obs": obs})
     torch.testing.assert_close(out["weights"], torch.softmax(out["sample_q"] / 1.0, dim=-1))
     assert math.isclose(float(out["temperature"]), 1.0)
+
+
+def test_distribution_params_come_from_the_trunk_as_eq_1_says():
+    """The trunk's K logits, K means and K log-std columns: log w normalised by log-softmax, log sigma
+    squashed smoothly into [log_std_min, log_std_max] (raw 0 -> the midpoint)."""
+    actor = small_agent(log_std_min=-4.0, log_std_max=1.0).actor
+    obs = random_batch(seed=5)["obs"]
+    raw = actor.net(obs).detach()
+    k, a = 3, ACTION_DIM
+    logits, mean, raw_log_std = raw[:, :k], raw[:, k:k + k * a], raw[:, k + k * a:]
+    log_w, mu, log_std = (t.detach() for t in actor.distribution_params(obs))
+    torch.testing.assert_close(log_w, logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+    torch.testing.assert_close(mu, mean.reshape(-1, k, a))
+    torch.testing.assert_close(log_std, (-4.0 + 2.5 * (torch.tanh(raw_log_std) + 1)).reshape(-1, k, a))
+    assert -4.0 <= log_std.min() and log_std.max() <= 1.0
+
+
+def test_each_proposal_draws_from_its_distribution():
+    """Many samples for two states: gaussian is N(0, I) over u; uniform puts tanh(u) uniformly on the
+    box's (-1, 1)^A; policy has the GMM's mean and variance; mixed has the policy's samples first
+    (round(mix * M)), then N(0, I) ones."""
+    m = 6000
+    agent = small_agent(num_action_samples=m)
+    obs = random_batch(seed=6)["obs"][:2]
+    params = tuple(p.detach() for p in agent.actor.distribution_params(obs))
+    log_w, mean, log_std = params
+    w = log_w.exp().unsqueeze(-1)
+    mixture_mean = (w * mean).sum(1)  # [B, A]
+    mixture_var = (w * (log_std.exp().pow(2) + mean.pow(2))).sum(1) - mixture_mean.pow(2)
+
+    def draw(proposal):
+        agent.args.proposal = proposal
+        return agent.propose(obs, params)[0]  # [B, M, A]
+
+    u = draw("gaussian")
+    assert u.mean(1).abs().max() < 0.05 and (u.var(1) - 1).abs().max() < 0.06
+    v = torch.tanh(draw("uniform"))
+    assert v.mean(1).abs().max() < 0.03 and (v.var(1) - 1 / 3).abs().max() < 0.02
+    assert v.min() > -1 and v.max() < 1 and (v < -0.9).float().mean() == pytest.approx(0.05, abs=0.01)
+    u = draw("policy")
+    torch.testing.assert_close(u.mean(1), mixture_mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(u.var(1), mixture_var, atol=0.03, rtol=0.05)
+    u = draw("mixed")
+    half = m // 2
+    torch.testing.assert_close(u[:, :half].mean(1), mixture_mean, atol=0.04, rtol=0)
+    torch.testing.assert_close(u[:, :half].var(1), mixture_var, atol=0.04, rtol=0.06)
+    assert u[:, half:].mean(1).abs().max() < 0.06 and (u[:, half:].var(1) - 1).abs().max() < 0.08
+
+
+def test_mixture_components_are_drawn_with_their_weights_independently_per_state():
+    """sample_u with two identical states and two far-apart components of weights 0.3 / 0.7: each
+    component is drawn at its weight, and the two states' choices agree only by chance
+    (0.3^2 + 0.7^2 = 0.58), not always (one shared uniform per sample would make them equal)."""
+    log_w = torch.log(torch.tensor([[0.3, 0.7], [0.3, 0.7]]))
+    mean = torch.tensor([-10.0, 10.0]).view(1, 2, 1).expand(2, 2, ACTION_DIM)
+    log_std = torch.full((2, 2, ACTION_DIM), math.log(0.1))
+    u = small_agent().actor.sample_u((log_w, mean, log_std), 20_000, torch.Generator().manual_seed(0))
+    component = (u[..., 0] > 0).float()  # [2, M]
+    assert component.mean(1).tolist() == pytest.approx([0.7, 0.7], abs=0.015)
+    assert (component[0] == component[1]).float().mean().item() == pytest.approx(0.58, abs=0.015)
+    # each component's spread is its own sigma
+    assert u[component.bool()].std().item() == pytest.approx(0.1, rel=0.05)

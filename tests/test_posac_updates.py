@@ -90,6 +90,17 @@ def test_each_actor_gets_the_gradient_of_its_own_loss(normalize_q):
     for i in range(3):
         assert_same_gradients(agent.actors[i], actors[i])
     assert all(p.grad is None for p in agent.critics.parameters()), "the actor step must not train the critics"
+    # the logged entropy -log pi per actor, and lambda of eq. (7) for actors 1 and 2
+    with torch.no_grad():
+        log_probs, lambdas = [], []
+        for i, actor in enumerate(actors):
+            mean, log_std = actor.distribution_params(batch["obs"])
+            u = mean + log_std.exp() * noise[i]
+            log_probs.append(tanh_gaussian_log_prob(u, mean, log_std.exp(), actor.action_scale))
+            q = min_q(critics, batch["obs"], torch.tanh(u) * actor.action_scale + actor.action_bias)
+            lambdas.append(1.5 / q.abs().mean() if normalize_q else torch.tensor(1.5, dtype=torch.float64))
+    torch.testing.assert_close(out["entropy"], -torch.stack(log_probs).mean(dim=1), **CLOSE)
+    torch.testing.assert_close(out["lambda"].double(), torch.stack(lambdas[1:]), **CLOSE)
     # the logged W2 of actor i is to actor i-1
     with torch.no_grad():
         params = [(mean, log_std.exp()) for mean, log_std in (a.distribution_params(batch["obs"]) for a in actors)]
@@ -161,3 +172,19 @@ def test_temperature_step_follows_eq_8(entropy_gap):
     assert agent.log_alpha.grad.item() == pytest.approx(-entropy_gap)
     assert out["alpha_loss"].item() == pytest.approx(-before * entropy_gap, abs=1e-7)
     assert (agent.log_alpha.item() > before) == (entropy_gap > 0)
+
+
+def test_actions_use_the_boxs_scale_and_bias():
+    """On an asymmetric box: the deterministic action is tanh(mu) * scale + bias, far-out u lands on
+    the bounds, and acting draws the action `sample` draws from the same stream."""
+    actor = float64_agent().actors[1]
+    obs = float64_batch()["obs"]
+    low, high = torch.as_tensor(SPACE.low, dtype=torch.float64), torch.as_tensor(SPACE.high, dtype=torch.float64)
+    mean, _ = actor.distribution_params(obs)
+    torch.testing.assert_close(actor.deterministic_action(obs), torch.tanh(mean) * (high - low) / 2 + (high + low) / 2)
+    torch.testing.assert_close(actor.squash(torch.tensor([[-30.0, 0.0, 30.0]], dtype=torch.float64)),
+                               torch.stack([low[0], (low[1] + high[1]) / 2, high[2]]).view(1, 3))
+    torch.manual_seed(4)
+    sampled, _ = actor.sample(obs)
+    torch.manual_seed(4)
+    torch.testing.assert_close(actor.act(obs), sampled.detach())

@@ -78,6 +78,7 @@ def test_critic_target_and_loss_for_every_backup(backup):
     out = agent.critic_step(batch)
     torch.testing.assert_close(out["td_target"], target, **CLOSE)
     q_values = each_critic(critics, stacked_critic_layers, batch["obs"], batch["actions"])
+    torch.testing.assert_close(out["q_values"], q_values.detach(), **CLOSE)
     loss = (q_values - target).pow(2).mean(dim=1).sum()
     torch.testing.assert_close(out["critic_loss"], loss.detach(), **CLOSE)
     loss.backward()
@@ -85,7 +86,7 @@ def test_critic_target_and_loss_for_every_backup(backup):
 
 
 @pytest.mark.parametrize("gradient", ["reparametrize", "reinforce"])
-@pytest.mark.parametrize("backup", ["min", "mean"])
+@pytest.mark.parametrize("backup", ["min", "mean", "redq"])
 def test_actor_gradient_for_both_estimators(gradient, backup):
     """eq. (4): d/dtheta mean(alpha log pi(a~) - Q(s, a~)) through a~; eq. (5): the score function
     -mean(log pi(a) * sg(Q(s, a) - alpha log pi(a))) with a held fixed. The actor's Q is the min over
@@ -104,7 +105,7 @@ def test_actor_gradient_for_both_estimators(gradient, backup):
         action = (torch.tanh(u) * actor.action_scale + actor.action_bias)
         log_prob = tanh_gaussian_log_prob(u, mean, log_std.exp(), actor.action_scale)
     q_all = each_critic(agent.critics, stacked_critic_layers, obs, action)
-    q = q_all.min(dim=0).values if backup == "min" else q_all.mean(dim=0)
+    q = q_all.min(dim=0).values if backup == "min" else q_all.mean(dim=0)  # REDQ's actor: the mean
     if gradient == "reparametrize":
         loss = (0.5 * log_prob - q).mean()
     else:
@@ -113,8 +114,7 @@ def test_actor_gradient_for_both_estimators(gradient, backup):
     out = agent.actor_step(batch)
     torch.testing.assert_close(out["actor_loss"], loss.detach(), **CLOSE)
     torch.testing.assert_close(out["log_prob"], log_prob.detach(), **CLOSE)
-    for p in agent.critics.parameters():
-        p.grad = None  # the reference's backward reaches the critics; the script's must not
+    assert all(p.grad is None for p in agent.critics.parameters()), "the actor step must not train the critics"
     loss.backward()
     assert_same_gradients(agent.actor, actor)
 
@@ -147,3 +147,16 @@ def test_target_updates_soft_every_step_and_hard_every_period():
         assert all(torch.equal(a, b) for a, b in zip(hard.target_critics.parameters(), target))
     hard.target_update()  # the third critic update copies
     assert all(torch.equal(a, b) for a, b in zip(hard.target_critics.parameters(), online))
+
+
+def test_redq_draws_a_pair_by_default_and_an_unknown_backup_is_named():
+    next_q = torch.tensor([[1.0, 5.0], [2.0, 4.0], [3.0, 3.0], [0.0, 9.0]])
+    generator = torch.Generator().manual_seed(1)
+    pairs = set()
+    for _ in range(40):
+        out = sac.backup_target_q(next_q, "redq", generator=generator)  # subset size by default: 2
+        pairs.add(next((i, j) for i in range(4) for j in range(i + 1, 4)
+                       if torch.equal(out[0], next_q[[i, j]].min(dim=0).values)))
+    assert len(pairs) >= 4  # several different pairs, and every value is the min over some pair
+    with pytest.raises(ValueError, match="unknown backup type median"):
+        sac.backup_target_q(next_q, "median")
