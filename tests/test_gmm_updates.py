@@ -132,6 +132,8 @@ def test_actor_step_scores_with_the_online_critics_minimum_and_fits_the_weights(
     q = each_critic(critics, gmm_critic_layers, obs.repeat_interleave(8, dim=0), actions.reshape(-1, ACTION_DIM))
     q = q.min(dim=0).values.view(BATCH, 8)
     torch.testing.assert_close(out["sample_q"], q, **CLOSE)
+    if temperature_mode == "kl":  # eq. (7) on these scores (kl_temperature itself: tests/test_gmm_math.py)
+        torch.testing.assert_close(out["temperature"], gmm.kl_temperature(q, 0.5), rtol=1e-4, atol=0)
     temperature = out["temperature"] if temperature_mode == "kl" else 0.7
     if correction:  # the proposal's log-density over actions, independently of the script's
         # (float32 and the scripts' eps in the Jacobians: agreement to 1e-3 in log q)
@@ -233,3 +235,39 @@ def test_mixture_components_are_drawn_with_their_weights_independently_per_state
     assert (component[0] == component[1]).float().mean().item() == pytest.approx(0.58, abs=0.015)
     # each component's spread is its own sigma
     assert u[component.bool()].std().item() == pytest.approx(0.1, rel=0.05)
+
+
+def test_bfloat16_scoring_is_used_when_asked_and_stays_close():
+    """--score-dtype bfloat16 runs the M-sample scoring in bfloat16 (scores differ from float32's in
+    the last bits, by far less than their spread); float32, the default, scores exactly."""
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        agent = small_agent(score_dtype=dtype)
+        scores[dtype] = agent.actor_step({"obs": random_batch(seed=2)["obs"]})["sample_q"]
+    difference = (scores["bfloat16"] - scores["float32"]).abs()
+    assert 0 < difference.max() < 0.05 * scores["float32"].std(dim=-1).mean()
+
+
+def test_loss_scalars_report_the_updates_numbers():
+    """What is logged is what the update computed: per-critic TD errors and mean Q, the actor's
+    losses, ESS, the mixture entropy, each component's std, the Q spread over the samples, T."""
+    agent = small_agent(proposal="policy", temperature_mode="fixed", temperature=0.7)
+    batch = random_batch(seed=3)
+    losses = agent.critic_step(batch)
+    losses |= agent.actor_step(batch)
+    scalars = gmm.loss_scalars(losses, agent)
+    q, y = losses["q_values"], losses["td_target"]
+    for k in range(2):
+        assert scalars[f"losses/qf{k + 1}_loss"] == pytest.approx(((q[k] - y) ** 2).mean().item(), rel=1e-5)
+        assert scalars[f"losses/qf{k + 1}_values"] == pytest.approx(q[k].mean().item(), rel=1e-5)
+    assert scalars["losses/qf_loss"] == pytest.approx(losses["critic_loss"].item() / 2, rel=1e-6)
+    for name in ("actor_loss", "kl_loss", "entropy_reg"):
+        assert scalars[f"losses/{name}"] == pytest.approx(losses[name].item())
+    w = losses["weights"]
+    assert scalars["losses/ess"] == pytest.approx((1 / (w ** 2).sum(-1)).mean().item(), rel=1e-5)
+    log_w, log_std = losses["log_w"], losses["log_std"]
+    assert scalars["losses/mixture_entropy"] == pytest.approx(-(log_w.exp() * log_w).sum(-1).mean().item(), rel=1e-5)
+    for k in range(3):
+        assert scalars[f"losses/component_std_{k}"] == pytest.approx(log_std[:, k].exp().mean().item(), rel=1e-5)
+    assert scalars["losses/q_spread"] == pytest.approx(losses["sample_q"].std(dim=-1).mean().item(), rel=1e-5)
+    assert scalars["losses/temperature"] == pytest.approx(0.7)

@@ -188,3 +188,30 @@ def test_actions_use_the_boxs_scale_and_bias():
     sampled, _ = actor.sample(obs)
     torch.manual_seed(4)
     torch.testing.assert_close(actor.act(obs), sampled.detach())
+
+
+def test_loss_scalars_report_the_updates_numbers():
+    """What is logged is what the update computed: per-critic TD errors and mean Q, actor 0's loss
+    as the SAC actor loss, each actor's loss, entropy, W2 to its predecessor and lambda, alpha."""
+    agent = float64_agent(autotune=True, normalize_q=True)
+    batch = float64_batch(seed=4)
+    losses = agent.critic_step(batch)
+    agent.target_update()
+    losses |= agent.actor_step(batch)
+    losses |= agent.temperature_step(losses["log_prob"])
+    scalars = pj.loss_scalars(losses, agent)
+    q, y = losses["q_values"], losses["td_target"]
+    for k in range(2):
+        assert scalars[f"losses/qf{k + 1}_loss"] == pytest.approx(((q[k] - y[k]) ** 2).mean().item())
+        assert scalars[f"losses/qf{k + 1}_values"] == pytest.approx(q[k].mean().item())
+    assert scalars["losses/qf_loss"] == pytest.approx(losses["critic_loss"].item() / 2)
+    assert scalars["losses/actor_loss"] == pytest.approx(losses["per_actor_loss"][0].item())
+    for i in range(3):
+        assert scalars[f"losses/actor_loss_{i}"] == pytest.approx(losses["per_actor_loss"][i].item())
+        assert scalars[f"losses/entropy_actor_{i}"] == pytest.approx(losses["entropy"][i].item())
+    for i in (1, 2):
+        assert scalars[f"losses/w2_actor_{i}"] == pytest.approx(losses["w2"][i - 1].item())
+        assert scalars[f"losses/lambda_actor_{i}"] == pytest.approx(losses["lambda"][i - 1].item())
+    assert scalars["losses/alpha"] == pytest.approx(agent.log_alpha.exp().item())
+    assert scalars["losses/alpha_loss"] == pytest.approx(losses["alpha_loss"].item())
+    assert "losses/w2_actor_3" not in scalars

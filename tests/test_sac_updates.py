@@ -160,3 +160,24 @@ def test_redq_draws_a_pair_by_default_and_an_unknown_backup_is_named():
     assert len(pairs) >= 4  # several different pairs, and every value is the min over some pair
     with pytest.raises(ValueError, match="unknown backup type median"):
         sac.backup_target_q(next_q, "median")
+
+
+def test_loss_scalars_report_the_updates_numbers():
+    """What is logged is what the update computed: per-critic TD errors and mean Q, the actor loss,
+    alpha, the entropy -mean log pi and the temperature loss."""
+    agent = float64_agent(autotune=True)
+    batch = float64_batch(seed=4)
+    losses = agent.critic_step(batch)
+    agent.target_update()
+    losses |= agent.actor_step(batch)
+    losses |= agent.temperature_step(losses["log_prob"])
+    scalars = sac.loss_scalars(losses, agent)
+    q, y = losses["q_values"], losses["td_target"]
+    for k in range(3):
+        assert scalars[f"losses/qf{k + 1}_loss"] == pytest.approx(((q[k] - y[k]) ** 2).mean().item())
+        assert scalars[f"losses/qf{k + 1}_values"] == pytest.approx(q[k].mean().item())
+    assert scalars["losses/qf_loss"] == pytest.approx(losses["critic_loss"].item() / 3)
+    assert scalars["losses/actor_loss"] == pytest.approx(losses["actor_loss"].item())
+    assert scalars["losses/alpha"] == pytest.approx(agent.log_alpha.exp().item())
+    assert scalars["losses/entropy"] == pytest.approx(-losses["log_prob"].mean().item())
+    assert scalars["losses/alpha_loss"] == pytest.approx(losses["alpha_loss"].item())
