@@ -215,3 +215,11 @@ def test_loss_scalars_report_the_updates_numbers():
     assert scalars["losses/alpha"] == pytest.approx(agent.log_alpha.exp().item())
     assert scalars["losses/alpha_loss"] == pytest.approx(losses["alpha_loss"].item())
     assert "losses/w2_actor_3" not in scalars
+
+
+def test_two_actors_report_the_w2_and_lambda_of_actor_1():
+    agent = float64_agent(num_actors=2)
+    out = agent.actor_step(float64_batch())
+    assert out["w2"].shape == (1,) and out["lambda"].shape == (1,) and out["per_actor_loss"].shape == (2,)
+    assert {"losses/w2_actor_1", "losses/lambda_actor_1"} <= set(pj.loss_scalars(
+        out | agent.critic_step(float64_batch()), agent))

@@ -55,34 +55,38 @@ def policy_sample(actor, obs, noise):
 
 @pytest.mark.parametrize("backup", ["min", "mean", "doubleq", "redq"])
 def test_critic_target_and_loss_for_every_backup(backup):
-    agent = float64_agent(target_critic_backup_type=backup)
-    critics, actor = copy.deepcopy(agent.critics), copy.deepcopy(agent.actor)
-    batch = float64_batch()
+    """Three critic steps (REDQ draws its pair anew each time, from the agent's own generator: five
+    critics, so a pair drawn from another stream would differ)."""
+    n = 5 if backup == "redq" else 3
+    agent = float64_agent(target_critic_backup_type=backup, num_critic_networks=n)
     subset_generator = torch.Generator().set_state(agent.backup_generator.get_state())
-    torch.manual_seed(5)
-    noise = torch.randn(BATCH, ACTION_DIM, dtype=torch.float64)
-    with torch.no_grad():
-        next_action, next_log_prob = policy_sample(actor, batch["next_obs"], noise)
-        next_q = each_critic(agent.target_critics, stacked_critic_layers, batch["next_obs"], next_action)  # [3, B]
-        if backup == "min":
-            backup_q = next_q.min(dim=0).values.expand(3, -1)
-        elif backup == "mean":
-            backup_q = next_q.mean(dim=0).expand(3, -1)
-        elif backup == "doubleq":  # critic i learns from target critic i-1
-            backup_q = next_q[[2, 0, 1]]
-        else:  # the min over a random pair of the target critics, the same pair for every critic
-            pair = torch.randperm(3, generator=subset_generator)[:2]
-            backup_q = next_q[pair].min(dim=0).values.expand(3, -1)
-        target = batch["rewards"] + 0.99 * (1 - batch["terminations"]) * (backup_q - 0.5 * next_log_prob)
-    torch.manual_seed(5)
-    out = agent.critic_step(batch)
-    torch.testing.assert_close(out["td_target"], target, **CLOSE)
-    q_values = each_critic(critics, stacked_critic_layers, batch["obs"], batch["actions"])
-    torch.testing.assert_close(out["q_values"], q_values.detach(), **CLOSE)
-    loss = (q_values - target).pow(2).mean(dim=1).sum()
-    torch.testing.assert_close(out["critic_loss"], loss.detach(), **CLOSE)
-    loss.backward()
-    assert_same_gradients(agent.critics, critics)
+    for step in range(3):
+        critics, actor = copy.deepcopy(agent.critics), copy.deepcopy(agent.actor)
+        batch = float64_batch(seed=step)
+        torch.manual_seed(5 + step)
+        noise = torch.randn(BATCH, ACTION_DIM, dtype=torch.float64)
+        with torch.no_grad():
+            next_action, next_log_prob = policy_sample(actor, batch["next_obs"], noise)
+            next_q = each_critic(agent.target_critics, stacked_critic_layers, batch["next_obs"], next_action)  # [n, B]
+            if backup == "min":
+                backup_q = next_q.min(dim=0).values.expand(n, -1)
+            elif backup == "mean":
+                backup_q = next_q.mean(dim=0).expand(n, -1)
+            elif backup == "doubleq":  # critic i learns from target critic i-1
+                backup_q = next_q[[2, 0, 1]]
+            else:  # the min over a random pair of the target critics, the same pair for every critic
+                pair = torch.randperm(n, generator=subset_generator)[:2]
+                backup_q = next_q[pair].min(dim=0).values.expand(n, -1)
+            target = batch["rewards"] + 0.99 * (1 - batch["terminations"]) * (backup_q - 0.5 * next_log_prob)
+        torch.manual_seed(5 + step)
+        out = agent.critic_step(batch)
+        torch.testing.assert_close(out["td_target"], target, **CLOSE)
+        q_values = each_critic(critics, stacked_critic_layers, batch["obs"], batch["actions"])
+        torch.testing.assert_close(out["q_values"], q_values.detach(), **CLOSE)
+        loss = (q_values - target).pow(2).mean(dim=1).sum()
+        torch.testing.assert_close(out["critic_loss"], loss.detach(), **CLOSE)
+        loss.backward()
+        assert_same_gradients(agent.critics, critics)
 
 
 @pytest.mark.parametrize("gradient", ["reparametrize", "reinforce"])
@@ -140,12 +144,12 @@ def test_target_updates_soft_every_step_and_hard_every_period():
     soft.target_update()
     for after, expected in zip(soft.target_critics.parameters(), polyak(target, online, 0.25)):
         torch.testing.assert_close(after, expected, rtol=1e-12, atol=1e-12)
-    hard = float64_agent(use_soft_target_update=False, target_update_period=3)
+    hard = float64_agent(use_soft_target_update=False, target_update_period=4)
     target, online = clone_parameters(hard.target_critics), clone_parameters(hard.critics)
-    for _ in range(2):
+    for _ in range(3):
         hard.target_update()
         assert all(torch.equal(a, b) for a, b in zip(hard.target_critics.parameters(), target))
-    hard.target_update()  # the third critic update copies
+    hard.target_update()  # the fourth critic update copies
     assert all(torch.equal(a, b) for a, b in zip(hard.target_critics.parameters(), online))
 
 

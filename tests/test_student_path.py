@@ -183,10 +183,11 @@ def test_posac_reads_its_sources_names_from_a_config_file(tmp_path):
     posac = importlib.import_module("posac_jko")
     path = tmp_path / "posac.yaml"
     path.write_text("env_name: Hopper-v4\nnum_steps: 20000\neval_freq: 10\nautomatic_entropy_tuning: true\n"
-                    "num_actors: 2\nw2_weights: [0.0, 0.1]\nlr: 0.0003\n")
+                    "num_actors: 2\nw2_weights: [0.0, 0.1]\nlr: 0.0003\nstart_steps: 3000\n")
     args = posac.config_defaults(["--config", str(path)])
     assert (args.env_id, args.total_timesteps, args.eval_freq_episodes, args.autotune, args.num_actors) == \
         ("Hopper-v4", 20000, 10, True, 2)
+    assert (args.random_steps, args.learning_starts) == (3000, None)  # start_steps: random actions only
     assert tuple(args.w2_weights) == (0.0, 0.1)
 
 

@@ -100,6 +100,110 @@ MUTMUT_CONFIG = {
     "timeout_constant": 5.0,
 }
 
+# Survivors that cannot change what a script computes, each with the reason. Matched on the function
+# ("name" or "Class.method", fnmatch patterns, any script) and a fragment of the mutant's "+" lines, so a
+# reason stays with its mutant when mutmut renumbers them. A survivor matched by none is reported as
+# UNEXPLAINED: either a test is missing or a reason is.
+DEVICE = ("a device argument: on the CPU, where the tests run, every choice names the same device; on a GPU the "
+          "mutant mixes devices and the next operation raises, a loud error and not a different number")
+DTYPE = "dtype=None is torch's default float32, the dtype of these tensors in every run of the scripts"
+DIM = ("dim +1 is dim -1 on the 2-D tensors ([batch, features] or [batch, samples]) this function is given; "
+       "the scripts never call it with another rank")
+KEEPDIM = "keepdim only turns [1, B] into [B]: expand_as(next_q) broadcasts both to the same [N, B]"
+ZERO_GRAD = ("zero_grad filling zeros instead of None: the backward pass that follows writes the same gradient "
+             "into every parameter of that optimizer either way")
+GAUSS_CONSTANT = ("changes only the constant term of log q(u) of the gaussian proposal: every sample of a state gets "
+                  "the same offset, which the softmax of eq. (6) removes (the mixed proposal computes its own "
+                  "Gaussian term in propose, tested against torch.distributions)")
+UNIFORM_CONSTANT = "a constant factor in q(u) of the uniform proposal: the same offset for every sample, removed by the softmax"
+SEARCH = ("a finer, wider or shifted search grid of the bracketing search: T stays within the stated 0.04% of the exact "
+          "root (tests/test_gmm_math.py checks that at several offsets and scales)")
+TIES = "differs only when a value equals the threshold exactly, an event of probability zero for continuous values"
+GRAD_U = ("the gradient with respect to the samples u: the scripts never differentiate through u (the proposals are "
+          "drawn without gradient), so autograd discards it; the gradients used (mean, 1/sigma) are gradchecked")
+EQUIVALENT: list[tuple[str, str, str]] = [
+    ("*", "zero_grad(set_to_none=None)", ZERO_GRAD),
+    ("*", "zero_grad(set_to_none=False)", ZERO_GRAD),
+    ("*", "device=None", DEVICE),
+    ("*", "dtype=None", DTYPE),
+    # sac_continuous.py
+    ("backup_target_q", "min(dim=0, ).values", KEEPDIM),
+    ("backup_target_q", "mean(dim=0, )", KEEPDIM),
+    ("backup_target_q", "keepdim=False", KEEPDIM),
+    ("backup_target_q", "subset = torch.randperm(next_q.shape[0], generator=generator, )", DEVICE),
+    ("backup_target_q", "if (generator is not None) and False else", DEVICE),
+    ("backup_target_q", "if (generator is not None) or True else", DEVICE),
+    ("backup_target_q", "if generator is None else next_q.device", DEVICE),
+    ("backup_target_q", "subset.to(None)", DEVICE),
+    ("Actor.distribution_params", "out.chunk(2, dim=+1)", DIM),
+    ("Actor.log_prob", "log_density.sum(+1)", DIM),
+    ("Actor.sample", "noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)", DEVICE),
+    ("Actor.sample", "tanh_u = torch.tanh(u) if (self.use_tanh) or True else None",
+     "computes tanh(u) also without tanh squashing, where log_prob and the action ignore it"),
+    ("SAC.target_update", "self.critic_updates -= 1",
+     "the counter only matters modulo --target-update-period, and -k is 0 modulo p exactly when k is"),
+    ("SAC.actor_step", "if args.num_actor_samples >= 1:", "with one action per state repeat_interleave(1) returns the batch"),
+    # posac_jko.py
+    ("jko_actor_loss", ".mean(dim=+1)", "the inputs are [N-1, B]: dim +1 is dim -1 (the scripts never pass another rank)"),
+    ("POSAC.critic_step", "next_q.min(dim=0, ).values", KEEPDIM),
+    ("POSAC.critic_step", "keepdim=False", KEEPDIM),
+    ("POSAC.sample_all", "noise = torch.randn(mean.shape, dtype=mean.dtype)", DEVICE),
+    ("POSAC.actor_step", "obs if (n == 1) and False else obs.repeat(n, 1)", "with one actor obs.repeat(1, 1) is obs"),
+    ("POSAC.actor_step", "if n >= 1:", "with one actor the JKO terms run on empty [0, B] slices: the summed loss, every "
+                                       "gradient and every logged scalar are unchanged"),
+    # gmm_density_matching.py
+    ("SquaredMahalanobis.forward", "u.unsqueeze(+2)", "u is always [B, M, A]: unsqueeze(2) is unsqueeze(-2)"),
+    ("SquaredMahalanobis.backward", "grad_u = ", GRAD_U),
+    ("gaussian_proposal", "u = torch.randn(batch_size, num_samples, action_dim, generator=generator, )", DEVICE),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) + 0.5 * action_dim * math.log(2 * math.pi)", GAUSS_CONSTANT),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) - 0.5 * action_dim / math.log(2 * math.pi)", GAUSS_CONSTANT),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) - 0.5 / action_dim * math.log(2 * math.pi)", GAUSS_CONSTANT),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) - 1.5 * action_dim * math.log(2 * math.pi)", GAUSS_CONSTANT),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) - 0.5 * action_dim * math.log(2 / math.pi)", GAUSS_CONSTANT),
+    ("gaussian_proposal", "-0.5 * u.pow(2).sum(-1) - 0.5 * action_dim * math.log(3 * math.pi)", GAUSS_CONSTANT),
+    ("uniform_proposal", "action_dim, generator=generator, ) * 2 - 1)", DEVICE),
+    ("uniform_proposal", "torch.log((1 - v.pow(2)) * 2)", UNIFORM_CONSTANT),
+    ("uniform_proposal", "torch.log((1 - v.pow(2)) / 3)", UNIFORM_CONSTANT),
+    ("boltzmann_weights", "dim=+1", DIM),
+    ("kl_temperature", "rounds: int = 6", SEARCH),
+    ("kl_temperature", "grid: int = 8", SEARCH),
+    ("kl_temperature", "spread.log() - 13.0", SEARCH),
+    ("kl_temperature", "spread.log() + 13.0", SEARCH),
+    ("kl_temperature", "fractions = torch.arange(grid + 1,", SEARCH),
+    ("kl_temperature", "fractions = torch.arange(1, grid + 2,", SEARCH),
+    ("kl_temperature", "fractions = torch.arange(1, grid + 1, dtype=q_values.dtype)", DEVICE),
+    ("kl_temperature", "fractions = torch.arange(1, grid + 1, device=q_values.device, )",
+     "without dtype the integer arange divided by an int is float32, the dtype of Q in every run of the script"),
+    ("kl_temperature", "dim=+1", DIM),
+    ("kl_temperature", "q_values.shape[+1]", DIM),
+    ("kl_temperature", ".mean(+1)", DIM),
+    ("kl_temperature", "count = (kl >= kl_bound)", TIES),
+    ("density_matching_loss", ".sum(+1)", DIM),
+    ("entropy_regulariser", ".sum(+1)", DIM),
+    ("effective_sample_size", ".sum(+1)", DIM),
+    ("GMMActor.distribution_params", "dim=+1", DIM),
+    ("GMMActor.distribution_params", "unflatten(+1", DIM),
+    ("GMMActor.distribution_params", "F.log_softmax(logits, dim=None)", DIM + " (log_softmax without dim takes dim 1 of a 2-D input)"),
+    ("GMMActor.distribution_params", "F.log_softmax(logits, )", DIM + " (log_softmax without dim takes dim 1 of a 2-D input)"),
+    ("GMMActor.sample_u", "cumsum(dim=+1)", DIM),
+    ("GMMActor.sample_u", "uniform = torch.rand(log_w.shape[0], num_samples, 1, generator=generator, dtype=log_w.dtype)", DEVICE),
+    ("GMMActor.sample_u", "noise = torch.randn(index.shape, generator=generator, dtype=mean.dtype)", DEVICE),
+    ("GMMActor.sample_u", "noise = torch.randn(index.shape, generator=generator, device=mean.device, )", DTYPE),
+    ("GMMActor.sample_u", "k = (uniform >= cumulative.unsqueeze(1))", TIES),
+    ("GMMActor.sample_u", " " * 25 + ")", DTYPE + " (torch.rand without its dtype= line)"),
+    ("GMMActor.sample_u", "mean.gather(1, index) - log_std.gather(1, index).exp() * noise",
+     "mu - sigma * eps has the law of mu + sigma * eps (eps is symmetric); sample and act still draw alike (both use sample_u)"),
+    ("GMMAgent.critic_step", "if args.alpha >= 0:", "with alpha = 0, alpha * log pi is 0 either way, and sample() draws "
+                                                     "the same next action as act()"),
+    ("GMMAgent.critic_step", 'self.actor.act(batch["next_obs"]), 1.0', "this branch runs only with alpha = 0, which multiplies it"),
+    ("GMMAgent.propose", "gaussian_proposal(b, m, a, None, generator)", DEVICE),
+    ("GMMAgent.propose", "uniform_proposal(b, m, a, None, generator)", DEVICE),
+    ("GMMAgent.propose", "gaussian_proposal(b, m - m_policy, a, None, generator)", DEVICE),
+    ("GMMAgent.propose", "if m_policy <= m:", "with m_policy = M it concatenates an empty [B, 0, A] block"),
+    ("GMMAgent.propose", 'log_q = ""', "log_q is returned only with --importance-correction, which assigns it first"),
+    ("GMMAgent.actor_step", "torch.tensor(args.temperature, ))", DEVICE),
+]
+
 DEFAULT_REPORT = "benchmark/results/mutation.md"
 STAMP = "mutants/mutation-tool.json"
 STATUS_ORDER = ["killed", "survived", "timeout", "suspicious", "no tests", "segfault", "not checked", "other"]
@@ -309,6 +413,15 @@ def changed_lines(diff: str) -> list[str]:
     return lines or [diff]
 
 
+def equivalence_reason(qual: str, diff_lines: list[str]) -> str | None:
+    """The EQUIVALENT reason that matches this survivor, or None."""
+    added = "\n".join(line[1:] for line in diff_lines if line.startswith("+"))
+    for pattern, fragment, reason in EQUIVALENT:
+        if fnmatch.fnmatchcase(qual, pattern) and fragment in added:
+            return reason
+    return None
+
+
 def function_key(name: str) -> str:
     return name.partition("__mutmut_")[0]
 
@@ -319,7 +432,7 @@ def number(name: str) -> int:
 
 def write_report(selection: dict[str, dict[str, str]], report: Path, seconds: float | None,
                  command: str) -> tuple[str, int]:
-    rows, sections, total_survived = [], [], 0
+    rows, sections, total_survived, unexplained = [], [], 0, []
     for script, functions in selection.items():
         results = load_results(script)
         selected = {k: v for k, v in results.items() if function_key(k) in functions}
@@ -344,8 +457,13 @@ def write_report(selection: dict[str, dict[str, str]], report: Path, seconds: fl
             if survivors:
                 lines += [f"### {qual}", "", "```diff"]
                 for name in survivors:
-                    lines.append(f"# {name} ({status_of(selected[name])})")
-                    lines += changed_lines(diff_of(name, script))
+                    changed = changed_lines(diff_of(name, script))
+                    reason = equivalence_reason(qual, changed)
+                    if reason is None:
+                        unexplained.append(name)
+                    lines.append(f"# {name} ({status_of(selected[name])}): "
+                                 + (f"equivalent: {reason}" if reason else "UNEXPLAINED"))
+                    lines += changed
                 lines += ["```", ""]
         sections.append("\n".join(lines))
 
@@ -355,12 +473,16 @@ def write_report(selection: dict[str, dict[str, str]], report: Path, seconds: fl
               "Survivors below show the changed lines only; the full diff of one mutant: "
               "`python tools/mutation.py --show NAME` (what `mutmut show NAME` prints; mutmut's own CLI "
               "needs a `[tool.mutmut]` config, which this script passes in instead).", "",
+              "Each survivor carries the reason it cannot change a result (tools/mutation.py's EQUIVALENT) or "
+              "UNEXPLAINED.", "",
               "| script | mutants | " + " | ".join(STATUS_ORDER) + " |",
               "|---|---:|" + "---:|" * len(STATUS_ORDER)]
-    text = "\n".join(header + rows + [""] + sections)
+    verdict = [f"{total_survived} survivors: {total_survived - len(unexplained)} equivalent (reason given), "
+               f"{len(unexplained)} unexplained" + (": " + ", ".join(unexplained) if unexplained else "") + "."]
+    text = "\n".join(header + rows + [""] + verdict + [""] + sections)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text.rstrip() + "\n")
-    return "\n".join(header[-2:] + rows), total_survived
+    return "\n".join(header[-2:] + rows + verdict), total_survived
 
 
 # ---- main --------------------------------------------------------------------------------------

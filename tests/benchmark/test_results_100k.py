@@ -16,3 +16,10 @@ def test_report_reproduces_the_committed_table_and_final_returns(tmp_path):
             f"{name} differs: regenerate with python benchmark/report.py --paths benchmark/results/100k/runs "
             "--out-dir benchmark/results/100k")
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_the_readme_shows_the_committed_table():
+    """benchmark/results/100k/README.md carries results.md's table rows as they are."""
+    readme = (RESULTS / "README.md").read_text()
+    rows = [line for line in (RESULTS / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows and all(row in readme for row in rows)
