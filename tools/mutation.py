@@ -336,6 +336,11 @@ def allow_decorators() -> None:
     MutationVisitor._skip_node_and_children = skip
 
 
+def torch_version() -> str:
+    from importlib.metadata import version
+    return version("torch")
+
+
 def mutmut_version() -> str:
     from importlib.metadata import version
     return version("mutmut")
@@ -469,7 +474,8 @@ def write_report(selection: dict[str, dict[str, str]], report: Path, seconds: fl
 
     header = ["# Mutation testing: the math and update functions", "",
               f"mutmut {mutmut_version()}, tests: {', '.join(TEST_FILES)}.",
-              f"Command: `{command}`" + (f" ({seconds / 60:.1f} min)" if seconds is not None else "") + ".",
+              f"Command: `{command}`" + (f" ({seconds / 60:.1f} min" if seconds is not None else " (")
+              + f" on {os.cpu_count()} CPU cores, torch {torch_version()}).",
               "Survivors below show the changed lines only; the full diff of one mutant: "
               "`python tools/mutation.py --show NAME` (what `mutmut show NAME` prints; mutmut's own CLI "
               "needs a `[tool.mutmut]` config, which this script passes in instead).", "",
