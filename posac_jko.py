@@ -1195,6 +1195,20 @@ def check_resume_args(checkpoint: dict, args: Args) -> None:
               if as_list(saved.get(k)) != as_list(getattr(args, k))]
     if differ:
         raise ConfigError(f"--resume {args.resume}: incompatible arguments: {', '.join(differ)}")
+    if checkpoint["global_step"] >= args.total_timesteps and finished_at(checkpoint) >= checkpoint["global_step"]:
+        # nothing left to do (a run stopped during its final evaluation has no summary.json and is finished)
+        raise ConfigError(f"--resume {args.resume}: that run already reached step {checkpoint['global_step']} "
+                          f"(--total-timesteps {args.total_timesteps}); give a larger --total-timesteps to train "
+                          f"on, or play it with --evaluate")
+
+
+def finished_at(checkpoint: dict) -> int:
+    """The global step in summary.json beside the checkpoint: where the run completed (-1: never)."""
+    try:
+        with open(os.path.join(os.path.dirname(checkpoint["path"]), "summary.json")) as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def unsafe_globals(path: str) -> list[str]:

@@ -127,6 +127,27 @@ def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_pat
     assert_resumed_to(run_dir, result, 500)
 
 
+def test_resuming_a_finished_run_is_one_error_unless_its_final_evaluation_is_missing(tmp_path):
+    """Nothing to train: --resume of a completed run at the same budget is a ConfigError and changes no
+    file. A run killed during its final evaluation (checkpoint at the end, no summary.json) is finished
+    by --resume: one final evaluation row, then summary.json."""
+    args = tiny(tmp_path, total_timesteps=200, eval_every=100)
+    run_dir = sac.train(args)["run_dir"]
+    eval_csv = os.path.join(run_dir, "eval.csv")
+    before = open(eval_csv).read()
+    with pytest.raises(sac.ConfigError, match="already reached step 200"):
+        sac.train(dataclasses.replace(args, resume=run_dir))
+    assert open(eval_csv).read() == before
+    os.remove(os.path.join(run_dir, "summary.json"))
+    lines = before.splitlines()
+    open(eval_csv, "w").write("\n".join(lines[:-2]) + "\n")  # the final evaluation's two rows were not written
+    result = sac.train(dataclasses.replace(args, resume=run_dir))
+    after = open(eval_csv).read().splitlines()
+    assert result["global_step"] == 200 and after[:-2] == lines[:-2]
+    assert [row["global_step"] for row in read_csv(eval_csv)].count("200") == 2  # deterministic, stochastic
+    assert os.path.exists(os.path.join(run_dir, "summary.json"))
+
+
 def test_ctrl_c_writes_checkpoint_and_the_printed_command_resumes(tmp_path):
     cli = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "32",
            "--eval-every", "0", "--eval-episodes", "1"]
