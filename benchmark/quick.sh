@@ -13,7 +13,7 @@ status=0
 "$PYTHON" benchmark/sweep.py --scripts gmm_density_matching.py sac_continuous.py benchmark/sb3_sac.py \
     "${QUICK[@]}" "$@" -- "${BUDGET[@]}" || status=$?
 "$PYTHON" benchmark/sweep.py --scripts posac_jko.py "${QUICK[@]}" "$@" \
-    -- "${BUDGET[@]}" --num-actors 2 --w2-weights 0.0 0.1 || status=$?
+    -- "${BUDGET[@]}" --num-actors 2 --w2-weights 0.0 0.1 --random-steps 5000 || status=$?  # its default is 10,000
 if [[ " $* " != *" --dry-run "* ]]; then
     "$PYTHON" benchmark/report.py --paths runs/quick --out-dir runs/quick/report
 fi
