@@ -123,6 +123,7 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     run_dir = gmm.train(args)["run_dir"]
     path = os.path.join(run_dir, "checkpoint.pt")
     saved = torch.load(path, weights_only=True)
+    os.remove(os.path.join(run_dir, "summary.json"))  # as if stopped during its final evaluation
     gmm.train(dataclasses.replace(args, resume=run_dir))  # at the final step: trains nothing, re-saves
     reloaded = torch.load(path, weights_only=True)
     a, b = flat_state(saved), flat_state(reloaded)

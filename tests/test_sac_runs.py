@@ -106,7 +106,9 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     run_dir = sac.train(args)["run_dir"]
     path = os.path.join(run_dir, "checkpoint.pt")
     saved = torch.load(path, weights_only=True)
-    # resuming at the final step trains nothing: the re-written checkpoint is the loaded state
+    # as if stopped during its final evaluation (no summary.json): resuming at the final step trains
+    # nothing, so the re-written checkpoint is the loaded state
+    os.remove(os.path.join(run_dir, "summary.json"))
     sac.train(dataclasses.replace(args, resume=run_dir))
     reloaded = torch.load(path, weights_only=True)
     a, b = flat_state(saved), flat_state(reloaded)
