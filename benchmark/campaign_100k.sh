@@ -7,9 +7,11 @@
 #            5,000 learning starts (SB3's one learning rate, 3e-4, for actor, critics and alpha)
 #   posac    posac_jko.py with 2 actors, W2 weights 0.0 0.1, and sac's schedule and temperature
 #            (5,000 random steps and learning starts, autotuned alpha); its single lr stays 3e-4.
-#            (The runs committed in benchmark/results/100k/ were made before --start-steps became the
-#            random-action period alone, when --learning-starts 5000 also set 5,000 random steps:
-#            the same settings as the explicit --random-steps 5000 here.)
+#            (The runs in benchmark/results/100k/ are made with commit b4c86f9's scripts, where
+#            --learning-starts 5000 also set 5,000 random steps: the same settings as the explicit
+#            --random-steps 5000 here, but another exp-name hash, so the campaign is finished from
+#            that commit: git worktree add ../campaign b4c86f9, copy the committed run folders
+#            into its runs/100k, and run this script there.)
 #   gmm      gmm_density_matching.py defaults
 # Two runs at a time, one thread each; SAC and SB3 first (the comparison the campaign is for),
 # GMM last (the slowest per step). Resumable: rerun the same command after any interruption and
