@@ -18,7 +18,8 @@ env's Box, d termination flag -- never truncation --, gamma discount, tau Polyak
       log pi_i(a|s) = log N(u; mu_i, sigma_i) - sum_j log(scale_j * (1 - tanh(u_j)^2) + eps)     (1)
   Critic target (twin critics, clipped double-Q; the next action comes from the ONLINE actor 0)
       y = r + gamma * (1 - d) * ( min_k Q'_k(s', a'_0) - alpha * log pi_0(a'_0|s') ),  a'_0 ~ pi_0   (2)
-      Deliberately not the source's r + gamma * min Q' - alpha * log pi_0: (2) is SAC's soft target.
+      Deliberately not the source's r + gamma * min Q' - alpha * log pi_0 (no 1 - d, the entropy term
+      outside the discount): (2) is SAC's soft Bellman target.
       L_Q = sum_k mean_batch (Q_k(s, a) - y)^2                                                   (3)
   Closed-form W2 between diagonal Gaussians, on the pre-squash parameters
       W2^2(N(mu, sigma), N(mu', sigma')) = |mu - mu'|^2 + |sigma - sigma'|^2                      (4)
