@@ -1186,36 +1186,32 @@ def truncate_array_after(path: str, last_step: Optional[int]) -> np.ndarray:
     return rows[rows[:, 0] <= last_step]
 
 
-def atomic_write_text(path: str, write) -> None:
-    """Write a text file through a temp file + rename, so readers never see half a file."""
+def atomic_write(path: str, write, mode: str = "w") -> None:
+    """Write a file through a temp file, fsync, then os.replace: readers never see half a file, and a
+    crash or kill mid-write leaves the previous file intact (rename is atomic on POSIX).
+    `write(f)` fills the open temp file; mode "w" (text) or "wb" (binary)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: str, write) -> None:
+    """A text file written atomically (atomic_write)."""
+    atomic_write(path, write, "w")
+
+
 def atomic_save_array(path: str, array: np.ndarray) -> None:
-    """np.save through a temp file + rename, as atomic_write_text does for text."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """np.save, atomically (atomic_write)."""
+    atomic_write(path, lambda f: np.save(f, array), "wb")
 
 
 # ---- checkpoints: written atomically, read as data only --------------------------------------
 def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save to a temp file, fsync, then os.replace: a crash or kill mid-write leaves the
-    previous checkpoint intact (rename is atomic on POSIX)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save, atomically (atomic_write): a crash or kill mid-write keeps the previous checkpoint."""
+    atomic_write(path, lambda f: torch.save(state, f), "wb")
 
 
 def resolve_checkpoint_path(resume: str) -> Optional[str]:

@@ -13,6 +13,7 @@ import tyro
 
 import posac_jko as pj
 import sac_continuous as sac
+from references import full_update
 
 OBS_DIM = 11  # Hopper-v4's shapes, without making the env
 SPACE = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
@@ -23,15 +24,6 @@ def random_batch(size: int = 64, seed: int = 1) -> dict[str, torch.Tensor]:
     return {"obs": torch.randn(size, OBS_DIM, generator=g), "next_obs": torch.randn(size, OBS_DIM, generator=g),
             "actions": torch.rand(size, 3, generator=g) * 2 - 1, "rewards": torch.randn(size, generator=g),
             "terminations": (torch.rand(size, generator=g) < 0.1).float()}
-
-
-def update(agent: pj.POSAC, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One update as posac_jko.train() runs it: critic step (eqs. 2-3), target update (9), every
-    actor (4-7), temperature (8)."""
-    losses = agent.critic_step(batch)
-    agent.target_update()
-    losses |= agent.actor_step(batch)
-    return losses | agent.temperature_step(losses["log_prob"])
 
 
 def posac_agent(num_actors: int, seed: int = 0, **kwargs) -> pj.POSAC:
@@ -102,7 +94,7 @@ def test_actor_0_updates_as_if_it_were_alone_in_the_chain():
         batch = random_batch(seed=step)
         for agent in (alone, chain):
             torch.manual_seed(10 + step)  # actor 0 draws its noise first in both
-            out = update(agent, batch)
+            out = full_update(agent, batch)
         assert out["w2"].shape == (2,) and out["entropy"].shape == (3,) and out["per_actor_loss"].shape == (3,)
     for name, value in alone.actors[0].state_dict().items():
         torch.testing.assert_close(chain.actors[0].state_dict()[name], value, rtol=1e-5, atol=1e-6)
@@ -150,12 +142,9 @@ def test_one_actor_update_equals_sac_continuous_update(autotune):
     for step in range(2):
         batch = random_batch(seed=step)
         rng = torch.get_rng_state()
-        sac_out = reference.critic_step(batch)
-        reference.target_update()
-        sac_out |= reference.actor_step(batch)
-        sac_out |= reference.temperature_step(sac_out["log_prob"])
+        sac_out = full_update(reference, batch)
         torch.set_rng_state(rng)
-        posac_out = update(agent, batch)
+        posac_out = full_update(agent, batch)
         assert torch.equal(sac_out["critic_loss"], posac_out["critic_loss"])
         assert torch.equal(sac_out["actor_loss"], posac_out["actor_loss"])
     pairs = [(reference.actor, agent.actors[0]), (reference.critics, agent.critics),
@@ -174,7 +163,7 @@ def test_one_actor_update_equals_sac_continuous_update(autotune):
 def test_agent_state_round_trip_restores_every_actor_and_optimizer(tmp_path):
     trained = posac_agent(2, seed=0, autotune=True)
     for step in range(3):
-        update(trained, random_batch(seed=step))
+        full_update(trained, random_batch(seed=step))
     path = str(tmp_path / "checkpoint.pt")
     pj.save_checkpoint(path, {"agent": trained.state_dict()})
     restored = posac_agent(2, seed=99, autotune=True)  # different init
@@ -186,7 +175,7 @@ def test_agent_state_round_trip_restores_every_actor_and_optimizer(tmp_path):
     batch = random_batch(seed=7)
     for agent in (trained, restored):
         torch.manual_seed(3)
-        update(agent, batch)
+        full_update(agent, batch)
     for a, b in zip(list(trained.actors.parameters()) + list(trained.critics.parameters()) + [trained.log_alpha],
                     list(restored.actors.parameters()) + list(restored.critics.parameters()) + [restored.log_alpha]):
         assert torch.equal(a, b)

@@ -8,41 +8,25 @@ from __future__ import annotations
 
 import copy
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import sac_continuous as sac
-from references import (assert_same_gradients, clone_parameters, each_critic, polyak, stacked_critic_layers,
-                        tanh_gaussian_log_prob)
+from references import (ACTION_DIM, BATCH, OBS_DIM, SPACE, assert_critic_scalars, assert_same_gradients,
+                        clone_parameters, each_critic, full_update, polyak, prepared, random_batch, stacked_critic_layers, tanh_gaussian_log_prob)
 
-OBS_DIM, BATCH, ACTION_DIM = 5, 16, 3
-SPACE = gym.spaces.Box(np.array([-2.0, -0.5, 0.0], np.float32), np.array([2.0, 0.5, 3.0], np.float32))
 CLOSE = dict(rtol=1e-4, atol=1e-6)  # float64; the scripts' eps = 1e-6 in the tanh Jacobian is the difference
 
 
 def float64_agent(**overrides) -> sac.SAC:
     settings = dict(env_id="Hopper-v4", hidden_size=16, autotune=False, alpha=0.5, num_critic_networks=3)
-    args = sac.Args(**{**settings, **overrides})
     torch.manual_seed(0)
-    agent = sac.SAC(args, OBS_DIM, SPACE, torch.device("cpu"))
-    for module in (agent.actor, agent.critics, agent.target_critics):
-        module.double()
-    with torch.no_grad():  # target critics unlike the online ones, so using the wrong set shows
-        for p in agent.target_critics.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return agent
+    agent = sac.SAC(sac.Args(**{**settings, **overrides}), OBS_DIM, SPACE, torch.device("cpu"))
+    return prepared(agent, agent.actor, agent.critics, agent.target_critics, dtype=torch.float64)
 
 
-def float64_batch(seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    low, high = torch.as_tensor(SPACE.low, dtype=torch.float64), torch.as_tensor(SPACE.high, dtype=torch.float64)
-    return {"obs": torch.randn(BATCH, OBS_DIM, generator=g, dtype=torch.float64),
-            "next_obs": torch.randn(BATCH, OBS_DIM, generator=g, dtype=torch.float64),
-            "actions": low + (high - low) * torch.rand(BATCH, ACTION_DIM, generator=g, dtype=torch.float64),
-            "rewards": torch.randn(BATCH, generator=g, dtype=torch.float64),
-            "terminations": torch.tensor([1.0, 0.0, 0.0, 0.0] * (BATCH // 4), dtype=torch.float64)}
+float64_batch = random_batch  # float64 by default
 
 
 def policy_sample(actor, obs, noise):
@@ -170,17 +154,9 @@ def test_loss_scalars_report_the_updates_numbers():
     """What is logged is what the update computed: per-critic TD errors and mean Q, the actor loss,
     alpha, the entropy -mean log pi and the temperature loss."""
     agent = float64_agent(autotune=True)
-    batch = float64_batch(seed=4)
-    losses = agent.critic_step(batch)
-    agent.target_update()
-    losses |= agent.actor_step(batch)
-    losses |= agent.temperature_step(losses["log_prob"])
+    losses = full_update(agent, float64_batch(seed=4))
     scalars = sac.loss_scalars(losses, agent)
-    q, y = losses["q_values"], losses["td_target"]
-    for k in range(3):
-        assert scalars[f"losses/qf{k + 1}_loss"] == pytest.approx(((q[k] - y[k]) ** 2).mean().item())
-        assert scalars[f"losses/qf{k + 1}_values"] == pytest.approx(q[k].mean().item())
-    assert scalars["losses/qf_loss"] == pytest.approx(losses["critic_loss"].item() / 3)
+    assert_critic_scalars(scalars, losses)
     assert scalars["losses/actor_loss"] == pytest.approx(losses["actor_loss"].item())
     assert scalars["losses/alpha"] == pytest.approx(agent.log_alpha.exp().item())
     assert scalars["losses/entropy"] == pytest.approx(-losses["log_prob"].mean().item())

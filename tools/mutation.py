@@ -210,25 +210,37 @@ STATUS_ORDER = ["killed", "survived", "timeout", "suspicious", "no tests", "segf
 
 
 # ---- selection -----------------------------------------------------------------------------
+def defined_functions(script: str) -> list[tuple[ast.FunctionDef, str | None, int]]:
+    """(function node, its class or None, the line of the top-level statement that holds it) of every
+    module-level function and method of a top-level class, in the order of the file."""
+    found = []
+    for node in ast.parse((REPO / script).read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            found.append((node, None, node.lineno))
+        elif isinstance(node, ast.ClassDef):
+            found += [(m, node.name, node.lineno) for m in node.body if isinstance(m, ast.FunctionDef)]
+    return found
+
+
+def qualified(fn: ast.FunctionDef, cls: str | None) -> str:
+    return f"{cls}.{fn.name}" if cls else fn.name
+
+
 def functions_of(script: str) -> list[tuple[str, str | None, str]]:
     """(name, class or None, "Class.method" or "name") of the script's math functions: every function
     and method defined in its equations section, then EXTRA_FUNCTIONS."""
-    source = (REPO / script).read_text()
-    lines = source.splitlines()
+    lines = (REPO / script).read_text().splitlines()
     start = next((i + 1 for i, line in enumerate(lines) if line.startswith(EQUATIONS_START)), None)
     end = next((i + 1 for i, line in enumerate(lines) if start and i + 1 > start and line.startswith(EQUATIONS_END)), None)
     if start is None or end is None:
         raise SystemExit(f"{script}: no '{EQUATIONS_START}' ... '{EQUATIONS_END}' section")
     found: dict[str, tuple[str, str | None, str]] = {}
     everything: dict[str, tuple[str, str | None, str]] = {}
-    for node in ast.parse(source).body:
-        members = [(node, None)] if isinstance(node, ast.FunctionDef) else \
-            [(m, node.name) for m in node.body if isinstance(m, ast.FunctionDef)] if isinstance(node, ast.ClassDef) else []
-        for fn, cls in members:
-            qual = f"{cls}.{fn.name}" if cls else fn.name
-            everything[qual] = (fn.name, cls, qual)
-            if start < node.lineno < end:
-                found[qual] = everything[qual]
+    for fn, cls, statement_line in defined_functions(script):
+        qual = qualified(fn, cls)
+        everything[qual] = (fn.name, cls, qual)
+        if start < statement_line < end:
+            found[qual] = everything[qual]
     for qual in EXTRA_FUNCTIONS.get(script, []):
         if qual not in everything:
             raise SystemExit(f"{script}: EXTRA_FUNCTIONS names {qual}, which the script does not define")
@@ -277,13 +289,10 @@ def math_function_lines(script: str) -> set[int]:
     """The lines (decorators to last line) of every math function of the script."""
     wanted = {qual for _, _, qual in functions_of(script)}
     lines = set()
-    for node in ast.parse((REPO / script).read_text()).body:
-        members = [(node, None)] if isinstance(node, ast.FunctionDef) else \
-            [(m, node.name) for m in node.body if isinstance(m, ast.FunctionDef)] if isinstance(node, ast.ClassDef) else []
-        for fn, cls in members:
-            if (f"{cls}.{fn.name}" if cls else fn.name) in wanted:
-                first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
-                lines.update(range(first, fn.end_lineno + 1))
+    for fn, cls, _ in defined_functions(script):
+        if qualified(fn, cls) in wanted:
+            first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
+            lines.update(range(first, fn.end_lineno + 1))
     return lines
 
 
