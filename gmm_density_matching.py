@@ -163,6 +163,10 @@ class Args:
     """sets `torch.backends.cudnn.deterministic`; on CPU results are bit-identical for a seed anyway"""
     cuda: bool = False
     """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
+    compile: bool = False
+    """torch.compile the update steps (README, --compile: slower on the CPU, faster on a GPU)"""
+    cudagraphs: bool = False
+    """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
     track: bool = False
     """mirror the TensorBoard metrics to Weights & Biases"""
     wandb_project_name: str = "continuous-control-references"
@@ -863,6 +867,10 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
         raise ConfigError(f"--tau must lie in (0, 1], got {args.tau}")
     if args.resume is not None and resolve_checkpoint_path(args.resume) is None:
         raise ConfigError(f"--resume {args.resume}: no checkpoint.pt there")
+    if args.cudagraphs and not (args.cuda and args.compile):
+        raise ConfigError("--cudagraphs needs --cuda and --compile")
+    if args.cudagraphs and not torch.cuda.is_available():
+        raise ConfigError("--cudagraphs needs a CUDA GPU, and torch sees none on this machine")
     action_space = check_env(args.env_id)
     if args.capture_video:  # before any training: a video that cannot be written fails now, not at the end
         problem = video_problem(args.env_id)
@@ -947,6 +955,7 @@ class Run:
         else:
             self.run_dir = os.path.join(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
             os.makedirs(self.run_dir, exist_ok=False)
+        accelerate_updates(agent, args)  # --compile / --cudagraphs; after the checkpoint is loaded
         self.run_name = os.path.basename(self.run_dir)
         self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
         self.last_good_checkpoint_step = self.global_step if checkpoint is not None else None
@@ -1436,6 +1445,119 @@ def pick_device(want_cuda: bool) -> torch.device:
     if want_cuda:
         print("notice: --cuda was given but CUDA is not available; training on the CPU", file=sys.stderr)
     return torch.device("cpu")
+
+
+# ---- --compile and --cudagraphs: the SAME update methods, compiled and replayed -----------------
+# Part 1's update methods are the only version of the algorithm. --compile hands each of them to
+# torch.compile as it is (graph breaks at backward() and the optimizer included); --cudagraphs then
+# records each compiled method once as a CUDA graph and replays it: one launch instead of hundreds
+# of small kernels, which is where a GPU loses its time at these network sizes (LeanRL's recipe).
+UPDATE_METHODS = ("critic_step", "actor_step", "temperature_step")
+
+
+def compile_errors() -> tuple:
+    """A missing or broken C/C++ compiler or Triton, or an operation the compiler rejects
+    (imported only when needed: importing the compiler stack takes a second)."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+    return (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError,
+            torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)
+
+
+def accelerate_updates(agent, args: Args) -> None:
+    """Swap the agent's update methods for compiled (and CUDA-graphed) versions of themselves."""
+    if not args.compile:
+        return
+    # compiled random ops call the same ATen kernels as eager ones: the same seed draws the same
+    # noise, so a compiled run follows an eager one (tests/test_compile.py) and resumes either way
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True
+    if args.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
+        for value in vars(agent).values():
+            for optimizer in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(optimizer, torch.optim.Optimizer):
+                    for group in optimizer.param_groups:
+                        group["capturable"] = True
+    print("notice: --compile: the first updates compile the update step (tens of seconds)"
+          + (", then record it as CUDA graphs" if args.cudagraphs else ""), file=sys.stderr)
+    compiled_steps = []  # shared: if one fails to compile, all fall back together
+    for name in UPDATE_METHODS:
+        if hasattr(agent, name):
+            step = CompiledStep(getattr(agent, name), name, compiled_steps)
+            setattr(agent, name, CudaGraphStep(step, agent) if args.cudagraphs else step)
+
+
+class CompiledStep:
+    """torch.compile(method). If compiling fails (it fails before the update changes anything):
+    one notice line, and this and the agent's other update methods run eagerly from then on."""
+
+    def __init__(self, method, name: str, all_steps: list):
+        self.eager, self.name, self.all_steps = method, name, all_steps
+        self.compiled = torch.compile(method)
+        all_steps.append(self)
+
+    def __call__(self, *inputs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*inputs)
+            except compile_errors() as error:
+                print(f"notice: --compile: compiling {self.name} failed, so the updates run eagerly "
+                      f"({one_line(error)[:300]})", file=sys.stderr)
+                for step in self.all_steps:
+                    step.compiled = None
+        return self.eager(*inputs)
+
+
+class CudaGraphStep:
+    """Run `step` a few times on a side stream (compilation, cuBLAS and optimizer state are set up
+    outside the graph), then record it once as a CUDA graph and from then on replay it.
+
+    The graph reads fixed input tensors (each call copies its batch into them) and writes fixed
+    output tensors: the losses it returns are overwritten by the next replay, and the training
+    loop only ever reads the latest ones. Random draws advance the generators on each replay."""
+    WARMUP_CALLS = 3
+
+    def __init__(self, step, agent):
+        self.step, self.calls, self.graph, self.nothing_to_record = step, 0, None, False
+        # the agent's own generators (e.g. SAC's redq subset) must be known to the graph
+        self.generators = [value for value in vars(agent).values() if isinstance(value, torch.Generator)
+                           and value.device.type == "cuda"]
+
+    def __call__(self, inputs):
+        if self.graph is not None:
+            copy_into(self.static_inputs, inputs)
+            self.graph.replay()
+            return dict(self.static_outputs)  # a new dict (the loop adds to it), the same tensors
+        if self.nothing_to_record:  # e.g. temperature_step with a fixed alpha: no GPU work at all
+            return self.step(inputs)
+        self.calls += 1
+        if self.calls <= self.WARMUP_CALLS:
+            side_stream = torch.cuda.Stream()
+            side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side_stream):
+                outputs = self.step(inputs)
+            torch.cuda.current_stream().wait_stream(side_stream)
+            self.nothing_to_record = outputs == {}
+            return outputs
+        self.static_inputs = clone_tensors(inputs)
+        self.graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            self.graph.register_generator_state(generator)
+        with torch.cuda.graph(self.graph):
+            self.static_outputs = self.step(self.static_inputs)
+        self.graph.replay()  # recording runs nothing: this replay is the update of this call
+        return dict(self.static_outputs)
+
+
+def clone_tensors(value):
+    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
+
+
+def copy_into(static, value) -> None:
+    for key in static if isinstance(static, dict) else [None]:
+        target, source = (static[key], value[key]) if key is not None else (static, value)
+        if target.data_ptr() != source.data_ptr():
+            target.copy_(source)
 
 
 # ---- --capture-video: check before training that the video can be written ------------------

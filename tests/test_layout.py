@@ -14,7 +14,8 @@ import pytest
 from tools.sync_appendix import SCRIPTS, split
 
 ROOT = Path(__file__).resolve().parent.parent
-PART_1_BUDGET = {"sac_continuous.py": 700, "posac_jko.py": 700, "gmm_density_matching.py": 800}
+# +5 each for the --compile / --cudagraphs flags (their code is in Appendix A)
+PART_1_BUDGET = {"sac_continuous.py": 705, "posac_jko.py": 705, "gmm_density_matching.py": 805}
 
 
 def part_1(script: str) -> str:
