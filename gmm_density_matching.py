@@ -164,7 +164,7 @@ class Args:
     cuda: bool = False
     """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
     compile: bool = False
-    """torch.compile the update steps (README, --compile: slower on the CPU, faster on a GPU)"""
+    """torch.compile the update steps: slower on a CPU; on a GPU add --cudagraphs (README, --compile)"""
     cudagraphs: bool = False
     """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
     track: bool = False
