@@ -555,6 +555,14 @@ def make_eval_env(args: Args, run_dir: Path) -> gym.Env:
     return eval_env
 
 
+def completed_at(run_dir: Path) -> int:
+    """The global step in the run's summary.json: where it completed (-1: it never did)."""
+    try:
+        return int(json.loads((run_dir / "summary.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 def train(args: Args) -> dict:
     """The whole run; returns the summary (plus run_dir and interrupted)."""
     validate(args)
@@ -565,6 +573,12 @@ def train(args: Args) -> dict:
         run_dir = checkpoint_path(args.resume).parent
         try:
             model, state = load_checkpoint(run_dir / "checkpoint.pt", args, envs, device)
+            if state["global_step"] >= args.total_timesteps and completed_at(run_dir) >= state["global_step"]:
+                # as the project's scripts: nothing to train (a run stopped during its final
+                # evaluation has no summary.json and is finished below)
+                raise ConfigError(f"--resume {args.resume}: that run already reached step {state['global_step']} "
+                                  f"(--total-timesteps {args.total_timesteps}); give a larger --total-timesteps "
+                                  "to train on")
         except BaseException:
             envs.close()
             raise
@@ -592,7 +606,7 @@ def train(args: Args) -> dict:
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=not args.resume,
                         log_interval=10**9)
-        else:  # a finished run resumed: nothing to learn; the final checkpoint and evaluation again
+        else:  # stopped during its final evaluation: nothing to learn; the final checkpoint and evaluation
             callback.init_callback(model)
         state["global_step"] = int(model.num_timesteps)
         interrupted = callback.stop_signal is not None

@@ -128,15 +128,23 @@ def test_sigterm_checkpoints_and_resume_finishes_the_run(tmp_path):
     assert steps == [100, 200, 300]  # no row twice, none lost
     assert list(tmp_path.iterdir()) == [folder]
 
-    # the resumed run's checkpoint is plain data too; resuming at the final step loads it into a
-    # fresh model and writes it back unchanged (networks, optimizers, alpha, buffer, RNG states)
+    # the resumed run's checkpoint is plain data too
     final = load(folder / "checkpoint.pt")
     assert final["num_timesteps"] == final["state"]["global_step"] == 300
     rows = final["replay_buffer"]["pos"]  # SB3 drops the transition of the step a stop signal ends
     assert 290 < rows <= 300 and final["replay_buffer"]["observations"].shape == (rows, 1, 3)
+    # resuming the completed run at the same budget: one error line, nothing changed (as the scripts)
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    refused = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "already reached step 300" in error_line(refused.stderr), refused.stderr
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+    # stopped during its final evaluation (no summary.json): resuming loads the checkpoint into a fresh
+    # model and writes it back unchanged (networks, optimizers, alpha, buffer, RNG states)
+    (folder / "summary.json").unlink()
     again = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert_same(load(folder / "checkpoint.pt"), final)
+    assert json.loads((folder / "summary.json").read_text())["global_step"] == 300
 
 
 def test_bad_input_exits_2_without_a_run_folder(tmp_path):
