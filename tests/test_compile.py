@@ -45,7 +45,7 @@ def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False):
                        cudagraphs=cudagraphs, **extra)
     torch.manual_seed(0)
     agent = module.Agent(args, OBS_DIM, SPACE, torch.device(device))
-    sac.accelerate_updates(agent, args) if module is sac else module.accelerate_updates(agent, args)
+    module.accelerate_updates(agent, args)
     history = []
     for k in range(UPDATES):
         batch = {key: value.float().to(device) for key, value in random_batch(seed=k).items()}
