@@ -1393,7 +1393,10 @@ class CompiledStep:
 
     def __init__(self, method, name: str, all_steps: list):
         self.eager, self.name, self.all_steps = method, name, all_steps
-        self.compiled = torch.compile(method)
+        # a run's shapes never change (fixed batch and networks): dynamic=False keeps torch.compile
+        # from retrying with symbolic shapes when another agent of other sizes is compiled in the
+        # same process (a test session, a notebook), which fails in torch 2.13 and so ran eagerly
+        self.compiled = torch.compile(method, dynamic=False)
         all_steps.append(self)
 
     def __call__(self, *inputs):

@@ -91,6 +91,22 @@ def test_compiled_updates_match_eager_ones(script, device, cudagraphs):
     assert moved > 10 * tolerance
 
 
+def test_agents_of_other_sizes_in_one_process_each_compile(capsys):
+    """The same method compiled for a second agent with other shapes must not fail over to eager
+    (torch.compile's retry with symbolic shapes did, in torch 2.13: dynamic=False prevents it)."""
+    for hidden_size, copies in ((24, 2), (40, 1)):  # other network sizes and another batch size
+        args = sac.Args(env_id="Pendulum-v1", hidden_size=hidden_size, compile=True)
+        agent = sac.Agent(args, OBS_DIM, SPACE, torch.device("cpu"))
+        sac.accelerate_updates(agent, args)
+        batch = {key: value.float().repeat(copies, *[1] * (value.dim() - 1))
+                 for key, value in random_batch(seed=0).items()}
+        losses = agent.critic_step(batch)
+        losses |= agent.actor_step(batch)
+        agent.temperature_step(losses["log_prob"])
+        assert all(getattr(agent, name).compiled is not None for name in sac.UPDATE_METHODS), hidden_size
+    assert "run eagerly" not in capsys.readouterr().err
+
+
 def tensors_of(state, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor of a (nested) state dict by a dotted path, on the CPU."""
     if torch.is_tensor(state):
