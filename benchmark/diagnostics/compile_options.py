@@ -7,7 +7,7 @@ eager vs compiled under each setting, side by side; and the share of eager's tim
    its time per update and the share spent in the matrix products (aten::mm, addmm, bmm, baddbmm).
    On the CPU, Inductor hands these to the same BLAS kernels eager uses, so a compiler can at best
    remove the rest: total / matrix-product time is the largest speedup ANY compiled update can give
-   at these sizes.
+   at these sizes (a generous bound: the profiler's own cost per operation inflates the rest).
 2. The settings. Each --options entry runs in a fresh process (compiler settings are global): two
    agents of --script built from the same seed (256x256 networks, batch 256, the env's shapes,
    random replay data: the cost does not depend on the values), one eager and one through the
