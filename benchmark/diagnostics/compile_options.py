@@ -99,6 +99,14 @@ def random_batches(space: gym.spaces.Box, obs_dim: int, count: int, batch_size: 
             for _ in range(count)]
 
 
+def script_and_shapes(args: Args):
+    """-> (the script's module, the env's action space, observation size, 8 random batches)."""
+    env = gym.make(args.env_id)
+    space, obs_dim = env.action_space, int(np.prod(env.observation_space.shape))
+    env.close()
+    return __import__(args.script), space, obs_dim, random_batches(space, obs_dim, count=8)
+
+
 def full_update(agent, batch: dict) -> None:
     """What one env step's update does in the training loops (one critic step per env step)."""
     losses = agent.critic_step(batch)
@@ -140,10 +148,7 @@ def apply_option(option: str, module, agent, run_args) -> None:
 
 def time_one_option(args: Args) -> dict:
     """Eager vs compiled under args.one_option, alternating rounds in this process."""
-    module = __import__(args.script)
-    space = gym.make(args.env_id).action_space
-    obs_dim = int(np.prod(gym.make(args.env_id).observation_space.shape))
-    batches = random_batches(space, obs_dim, count=8)
+    module, space, obs_dim, batches = script_and_shapes(args)
     eager, _ = build_agent(module, args, space, obs_dim, compile=False)
     compiled, run_args = build_agent(module, args, space, obs_dim, compile=True)
     apply_option(args.one_option, module, compiled, run_args)
@@ -176,10 +181,7 @@ def time_one_option(args: Args) -> dict:
 def matrix_product_share(args: Args) -> dict:
     """Eager ms per update under the profiler and the part of it in matrix products."""
     from torch.profiler import ProfilerActivity, profile
-    module = __import__(args.script)
-    space = gym.make(args.env_id).action_space
-    obs_dim = int(np.prod(gym.make(args.env_id).observation_space.shape))
-    batches = random_batches(space, obs_dim, count=8)
+    module, space, obs_dim, batches = script_and_shapes(args)
     agent, _ = build_agent(module, args, space, obs_dim, compile=False)
     for k in range(10):
         full_update(agent, batches[k % len(batches)])
