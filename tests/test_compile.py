@@ -37,12 +37,13 @@ DEVICES = [("cpu", False),
            pytest.param("cuda", True, marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here"))]
 
 
-def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False):
-    """An agent (seed 3, 64-unit nets, POSAC with two actors) after UPDATES full updates on fixed
-    batches, each update's random draws seeded alike; -> (agent, the losses of every update)."""
+def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False, **overrides):
+    """An agent (seed 3, 64-unit nets, POSAC with two actors; `overrides` change its Args) after
+    UPDATES full updates on fixed batches, each update's random draws seeded alike;
+    -> (agent, the losses of every update)."""
     extra = {"num_actors": 2, "w2_weights": [0.0, 0.1]} if module is posac else {}
     args = module.Args(env_id="Pendulum-v1", hidden_size=64, seed=3, cuda=device == "cuda", compile=compile,
-                       cudagraphs=cudagraphs, **extra)
+                       cudagraphs=cudagraphs, **{**extra, **overrides})
     torch.manual_seed(0)
     agent = module.Agent(args, OBS_DIM, SPACE, torch.device(device))
     module.accelerate_updates(agent, args)
@@ -63,9 +64,30 @@ def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False):
 @pytest.mark.parametrize("device, cudagraphs", DEVICES)
 @pytest.mark.parametrize("script", list(MODULES))
 def test_compiled_updates_match_eager_ones(script, device, cudagraphs):
-    module = MODULES[script]
-    eager, eager_losses = updated_agent(module, device, compile=False)
-    compiled, compiled_losses = updated_agent(module, device, compile=True, cudagraphs=cudagraphs)
+    assert_compiled_updates_match_eager_ones(MODULES[script], device, cudagraphs)
+
+
+# SAC's knobs that change what the update methods compute: the redq backup draws a random subset
+# of target critics with the agent's own generator inside the compiled (and CUDA-graphed) step
+SAC_VARIANTS = {
+    "redq": {"num_critic_networks": 5, "target_critic_backup_type": "redq", "redq_subset_size": 2},
+    "reinforce, 4 samples": {"actor_gradient_type": "reinforce", "num_actor_samples": 4},
+    "fixed alpha, hard targets": {"autotune": False, "use_soft_target_update": False, "target_update_period": 2},
+    "no entropy bonus, mean backup": {"use_entropy_bonus": False, "target_critic_backup_type": "mean"},
+}
+
+
+@pytest.mark.parametrize("device, cudagraphs", DEVICES[:1] + DEVICES[2:])
+@pytest.mark.parametrize("variant", list(SAC_VARIANTS))
+def test_compiled_sac_variants_match_eager_ones(variant, device, cudagraphs):
+    assert_compiled_updates_match_eager_ones(sac, device, cudagraphs, **SAC_VARIANTS[variant])
+
+
+def assert_compiled_updates_match_eager_ones(module, device: str, cudagraphs: bool, **overrides):
+    """UPDATES updates eager and compiled (and CUDA-graphed) from the same state: the same losses
+    and the same state (networks, optimizers, generators) up to float32 rounding."""
+    eager, eager_losses = updated_agent(module, device, compile=False, **overrides)
+    compiled, compiled_losses = updated_agent(module, device, compile=True, cudagraphs=cudagraphs, **overrides)
     step = compiled.critic_step
     assert type(step).__name__ == ("CudaGraphStep" if cudagraphs else "CompiledStep")
     # compiled for real (a fallback to eager would compare eager with eager), and recorded as a graph
