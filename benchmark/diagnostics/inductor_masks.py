@@ -53,6 +53,7 @@ class Args:
     critics: int = 2
     """leading size of the tensor (the critic ensemble)"""
     batch_size: int = 256
+    """middle size of the tensor (the batch)"""
     hidden_size: int = 256
     """width of the tensor and of the profiled agent's networks"""
     profile_updates: int = 50
