@@ -164,7 +164,7 @@ class Args:
     cuda: bool = False
     """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
     compile: bool = False
-    """torch.compile the update steps: 1.2-1.4x on a CPU on Humanoid-v4 after ~40 s of compiling; on a GPU add --cudagraphs (README, --compile)"""
+    """torch.compile the update steps: ~1.2x on a CPU on Humanoid-v4 after ~40 s of compiling; on a GPU add --cudagraphs (README, --compile)"""
     cudagraphs: bool = False
     """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
     track: bool = False
