@@ -5,10 +5,11 @@ boolean mask, timed against eager PyTorch on one tensor the size of the critics'
 
 A ReLU network's backward pass needs to know where each ReLU was active: `where(out <= 0, 0, grad)`.
 Inductor computes that mask in the forward kernel and keeps it as a bool tensor for the backward
-kernel. On torch 2.13's CPU backend, storing (and loading) such a mask in a vectorized kernel goes
-through a generic element-by-element conversion (at::vec::VecMask to bool), which this table shows
-costing about 20x what eager's comparison does: each cell is one call on a [2, 256, 256] float32
-tensor (2 critics x batch 256 x 256 hidden units), median over --rounds rounds of --calls calls.
+kernel. On torch 2.13's CPU backend, storing such a mask from a vectorized kernel goes through a
+generic element-by-element conversion (at::vec::VecMask to bool), which this table shows costing
+about 20x what eager's comparison does (reading it back is slower than the float control too).
+Each cell is one call on a [2, 256, 256] float32 tensor (2 critics x batch 256 x 256 hidden units),
+median over --rounds rounds of --calls calls.
 The float rows are the control: the same comparison kept as a float mask is as fast as eager or
 faster. Every compiled output is checked equal to eager's before it is timed.
 
@@ -17,7 +18,7 @@ env's shapes, as benchmark/diagnostics/compile_options.py builds it) with Induct
 profiling on, and lists where a compiled update's time goes: matrix products, Dynamo's guard checks,
 and the generated kernels, largest first; the ReLU mask kernels (names with threshold_backward) are
 among the largest though each touches only a few hundred KB. The "relu" row's compiled time is
-mostly the ~20 us of a compiled function's call overhead (guards, wrapper) on so small a kernel.
+mostly a compiled function's call overhead (guards, wrapper: some 20-40 us) on so small a kernel.
 
 Rerun it after a torch upgrade: if the bool rows reach eager's speed, re-measure `--compile`
 (benchmark/diagnostics/compile_options.py and benchmark/throughput.py).
@@ -115,11 +116,13 @@ def table(results: list[dict]) -> str:
 
 
 def profile_compiled_update(args: Args) -> dict:
-    """ms per compiled update of --script (and per eager update, for comparison), split into matrix products, Dynamo's guard checks, the
-    generated kernels (each: us per update) and the rest (wrappers, optimizer, autograd)."""
+    """ms per compiled update of --script (and per eager update, for comparison), split into
+    matrix products, Dynamo's guard checks, the generated kernels (each: us per update) and the rest
+    (wrappers, optimizer, autograd)."""
     from torch._inductor import config as inductor_config
     from torch.profiler import ProfilerActivity, profile
-    module_args = CompileArgs(script=args.script, env_id=args.env_id, hidden_size=args.hidden_size)
+    module_args = CompileArgs(script=args.script, env_id=args.env_id, hidden_size=args.hidden_size,
+                              profile_updates=args.profile_updates)
     module, space, obs_dim, batches = script_and_shapes(module_args)
     agent, run_args = build_agent(module, module_args, space, obs_dim, compile=True)
     module.accelerate_updates(agent, run_args)
@@ -132,17 +135,17 @@ def profile_compiled_update(args: Args) -> dict:
     per_update = {event.key: event.self_cpu_time_total / args.profile_updates
                   for event in profiler.key_averages()}  # us per update
     kernels = {name: us for name, us in per_update.items() if "cpp_fused" in name}
-    bool_arguments = kernels_with_bool_arguments()
-    eager = matrix_product_share(CompileArgs(script=args.script, env_id=args.env_id, hidden_size=args.hidden_size,
-                                             profile_updates=args.profile_updates))
+    takes_bool = kernels_with_bool_arguments()
+    # the profile names a kernel graph_<n>_<its name in the generated code>
+    takes_bool_by_profile_name = {name: takes_bool.get(name.split("_", 2)[-1]) for name in kernels}
+    eager = matrix_product_share(module_args)
     return {"eager_ms": eager["ms_per_update"], "eager_products_ms": eager["product_ms"],
             "total_ms": sum(per_update.values()) / 1000,
             "products_ms": sum(per_update.get(name, 0.0) for name in MATRIX_PRODUCTS) / 1000,
             "guards_ms": per_update.get("TorchDynamo Cache Lookup", 0.0) / 1000,
             "kernels_ms": sum(kernels.values()) / 1000,
-            "mask_kernels_ms": sum(us for name, us in kernels.items()
-                                   if bool_arguments.get(name.split("_", 2)[-1])) / 1000,
-            "top_kernels": [(name, us, bool_arguments.get(name.split("_", 2)[-1]))
+            "mask_kernels_ms": sum(us for name, us in kernels.items() if takes_bool_by_profile_name[name]) / 1000,
+            "top_kernels": [(name, us, takes_bool_by_profile_name[name])
                             for name, us in sorted(kernels.items(), key=lambda item: -item[1])[:args.top_kernels]]}
 
 
@@ -170,7 +173,7 @@ def profile_report(profiled: dict, args: Args) -> str:
              f"eager, profiled the same way: {profiled['eager_ms']:.2f} ms per update, of which matrix products "
              f"{profiled['eager_products_ms']:.2f}",
              "", "| generated kernel | us per update | reads or writes a bool mask |", "|---|---|---|"]
-    lines += [f"| {name} | {us:.0f} | {dict([(True, 'yes'), (False, 'no')]).get(takes_bool, '?')} |"
+    lines += [f"| {name} | {us:.0f} | { {True: 'yes', False: 'no'}.get(takes_bool, '?')} |"
               for name, us, takes_bool in profiled["top_kernels"]]
     return "\n".join(lines)
 
