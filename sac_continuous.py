@@ -717,6 +717,7 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: SAC) -> dict[str, float
 # action_space, device), with `policies` (the actors to evaluate), `state_dict()` and
 # `load_state_dict(state)`.
 import csv  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -781,6 +782,7 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
 
 def check_env(env_id: str) -> gym.spaces.Box:
     """Make the env once to check it exists and has a bounded Box action space."""
+    load_triton_before_opengl()  # this is the run's first env: MuJoCo may load OpenGL now
     try:
         env = gym.make(env_id)
     except gym.error.Error as error:  # NameNotFound, VersionNotFound, DependencyNotInstalled, ...
@@ -796,6 +798,23 @@ def check_env(env_id: str) -> gym.spaces.Box:
         raise ConfigError(f"{env_id} has an unbounded action space ({space}); the policy is "
                           "squashed into [low, high], so both bounds must be finite")
     return space
+
+
+def load_triton_before_opengl() -> None:
+    """Import Triton, if installed, before any MuJoCo env loads OpenGL. CUDA builds of torch
+    install Triton, which carries its own copy of LLVM; Mesa's OSMesa (MUJOCO_GL=osmesa, what
+    headless video capture uses) links the system's LLVM. Loading Triton's LLVM after Mesa's
+    kills the process with a segmentation fault, no message, at the first `torch.optim.Adam(...)`
+    (which imports Triton through torch._dynamo); loaded in the other order both work (seen with
+    torch 2.14.1 and 2.15.0 and Debian 12's libosmesa6). Torch imports Triton during the run
+    anyway, so importing it earlier costs nothing; without Triton (torch's CPU wheel) this does
+    nothing."""
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken Triton is torch's business: it then runs without it
+        pass
 
 
 # ---- one training run ----------------------------------------------------------------------

@@ -49,8 +49,8 @@ import tyro
 # eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed, rng_states,  # noqa: E402
-                            set_rng_states, strip_resume_flag)
+from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed, load_triton_before_opengl,  # noqa: E402
+                            rng_states, set_rng_states, strip_resume_flag)
 
 ALGORITHM = "sb3_sac"
 
@@ -122,6 +122,7 @@ def validate(args: Args) -> None:
     for name in ("eval_every", "checkpoint_every", "learning_starts"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    load_triton_before_opengl()  # MUJOCO_GL=osmesa + a CUDA build of torch: see sac_continuous.py
     try:
         env = gym.make(args.env_id)
     except Exception as e:  # unknown id, missing dependency

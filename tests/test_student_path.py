@@ -200,3 +200,45 @@ def test_every_flag_the_korean_quickstart_names_exists():
     helps = {script: run_script(script, "--help", timeout=60).stdout for script in SCRIPTS}
     for flag in flags:
         assert any(flag in text_ for text_ in helps.values()), f"{flag} is in docs/README.ko.md but no script has it"
+
+
+# ---- a CUDA build of torch beside headless MuJoCo rendering ---------------------------------------
+# CUDA builds of torch install Triton, which carries its own LLVM; Mesa's OSMesa links the system's.
+# Loaded in that order (OSMesa, then Triton) the process dies with a segmentation fault at the first
+# torch.optim.Adam(...), which imports Triton through torch._dynamo (seen here with torch 2.14.1 and
+# 2.15.0 and Debian 12's libosmesa6); Triton first, both work. The scripts import Triton before the
+# run's first env (Appendix A's load_triton_before_opengl). --capture-video alone is not affected:
+# OSMesa then loads at the first frame, after the optimizers (and Triton) exist. CI has torch's CPU wheel, without
+# Triton, so this stand-in records when Triton was first asked for, and acts as if absent.
+FAKE_TRITON = '''
+import os
+mapped = open("/proc/self/maps").read()
+with open(os.environ["TRITON_IMPORT_LOG"], "a") as log:
+    log.write("after-mesa-llvm\\n" if "libLLVM" in mapped else "before-mesa-llvm\\n")
+raise ImportError("a stand-in for Triton, acting as if absent")
+'''
+
+
+@pytest.mark.parametrize("script, cli_args", [
+    ("sac_continuous.py", [a if a != "Pendulum-v1" else "InvertedPendulum-v4" for a in TINY]),
+    ("gmm_density_matching.py", [a if a != "Pendulum-v1" else "InvertedPendulum-v4" for a in TINY]
+     + EXTRA["gmm_density_matching.py"]),
+    ("benchmark/sb3_sac.py", ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "250", "--learning-starts", "100",
+                              "--batch-size", "32", "--hidden-size", "32", "--eval-every", "0", "--eval-episodes", "1"]),
+])
+def test_triton_is_loaded_before_osmesa_brings_mesa_s_llvm(script, cli_args, tmp_path):
+    """MUJOCO_GL=osmesa set by the user (a common setting on headless machines): MuJoCo loads
+    OSMesa, and with it Mesa's LLVM, when it is first imported, i.e. at the run's first env."""
+    require_video(importlib.import_module("sac_continuous"), "InvertedPendulum-v4")  # OSMesa renders here
+    (tmp_path / "fake" / "triton").mkdir(parents=True)
+    (tmp_path / "fake" / "triton" / "__init__.py").write_text(FAKE_TRITON)
+    log = tmp_path / "triton_imports.log"
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "PYTHONPATH": str(tmp_path / "fake"), "TRITON_IMPORT_LOG": str(log),
+           "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), *cli_args, "--output-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    imports = log.read_text().split()
+    # Triton was first asked for before Mesa's LLVM was in the process; torch asked again after it
+    # was (so the run really loaded OSMesa, and without the early import Triton would load last)
+    assert imports[0] == "before-mesa-llvm" and "after-mesa-llvm" in imports, imports
