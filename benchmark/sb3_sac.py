@@ -50,7 +50,7 @@ import tyro
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed, load_triton_before_opengl,  # noqa: E402
-                            rng_states, set_rng_states, strip_resume_flag)
+                            peak_resident_mb, rng_states, set_rng_states, strip_resume_flag)
 
 ALGORITHM = "sb3_sac"
 
@@ -632,7 +632,7 @@ def train(args: Args) -> dict:
                "total_timesteps": args.total_timesteps,
                "sps": (state["global_step"] - start_step) / max(wall_time, 1e-9),
                "train_sps": state["train_steps"] / state["train_time"] if state["train_time"] > 0 else float("nan"),
-               "wall_time_s": wall_time, "final_eval": final_eval}
+               "wall_time_s": wall_time, "peak_rss_mb": peak_resident_mb(), "final_eval": final_eval}
     if not interrupted:
         tmp = run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -80,6 +80,8 @@ def test_every_output_is_written(tmp_path):
     assert all(r["policy"] == "0" and r["episodes"] == "1" for r in evals)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["global_step"] == 300 and summary["train_sps"] > 0
+    # peak resident memory of the process (MiB): at least the interpreter with torch, far below 24 GiB
+    assert 50 < summary["peak_rss_mb"] < 24 * 1024
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert checkpoint["global_step"] == 300 and checkpoint["replay_buffer"]["size"] == 300

@@ -86,6 +86,7 @@ def test_two_run_sweep_of_sb3_sac_end_to_end(tmp_path):
         assert record["algorithm"] == "sb3_sac" and record["args"]["batch_size"] == 64
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["global_step"] == 300 and summary["train_sps"] > 0 and summary["sps"] > 0
+        assert 50 < summary["peak_rss_mb"] < 24 * 1024
         assert [(r["global_step"], r["mode"]) for r in eval_rows(folder)] == [
             (str(step), mode) for step in (100, 200, 300) for mode in ("deterministic", "stochastic")]
         metrics = (folder / "metrics.csv").read_text()
@@ -175,3 +176,20 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot resume from"):
         load_checkpoint(folder / "checkpoint.pt", None, None, "cpu")  # refused before a model is built
     assert not marker.exists()
+
+
+def test_checkpoint_saves_only_the_filled_rows_of_the_buffer(tmp_path):
+    """Default 1M-row buffer, 200 steps: each saved buffer array owns exactly its 200 rows (torch.save
+    writes a tensor's whole storage, so a view of SB3's arrays would write all 1M rows)."""
+    result = subprocess.run([sys.executable, SB3, "--env-id", "Pendulum-v1", "--output-dir", str(tmp_path),
+                             "--total-timesteps", "200", "--learning-starts", "100", "--eval-every", "0",
+                             "--checkpoint-every", "200", "--hidden-size", "32", "--batch-size", "32"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    (folder,) = tmp_path.iterdir()
+    buffer = load(folder / "checkpoint.pt")["replay_buffer"]
+    arrays = {name: value for name, value in buffer.items() if isinstance(value, torch.Tensor)}
+    assert arrays and all(len(array) == 200 for array in arrays.values())
+    for name, array in arrays.items():
+        assert array.untyped_storage().nbytes() == array.numel() * array.element_size(), name
+    assert (folder / "checkpoint.pt").stat().st_size < 1_000_000

@@ -291,3 +291,26 @@ def test_shell_entry_point_expands_the_standard_set():
     assert len(commands) == 5 * 3
     assert all(c.endswith("--total-timesteps 1000000 --eval-every 20000") for c in commands)
     assert "--env-id Humanoid-v4 --seed 3 " in commands[-1]
+
+
+def test_humanoid_campaign_expands_to_its_ten_runs(tmp_path):
+    """benchmark/campaign_humanoid.sh --dry-run: the issue's table, run for run (script, seed, budget, flags)."""
+    result = subprocess.run(["bash", str(ROOT / "benchmark" / "campaign_humanoid.sh"), "--dry-run"],
+                            env={**os.environ, "PYTHON": sys.executable, "CAMPAIGN_OUT": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    commands = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if not line.startswith("#")]
+    every = f"--output-dir {tmp_path} --total-timesteps {{steps}} --eval-every 10000 --eval-episodes 10 --checkpoint-every 10000"
+    long, short = every.format(steps=300000), every.format(steps=100000)
+    posac = " --num-actors 2 --w2-weights 0.0 0.1"
+    source_sampler = " --proposal gaussian --temperature-mode fixed --temperature 1"
+    expected = {(script, seed, tail) for script, seeds, tail in [
+        ("sac_continuous.py", (1, 2, 3), long), ("gmm_density_matching.py", (1, 2, 3), long),
+        ("posac_jko.py", (1, 2), long + posac), ("benchmark/sb3_sac.py", (1,), long),
+        ("gmm_density_matching.py", (1,), short + source_sampler)] for seed in seeds}
+    found = set()
+    for command in commands:
+        script, rest = command.split(" --env-id Humanoid-v4 --seed ")
+        seed, rest = rest.split(" --exp-name ")
+        found.add((script, int(seed), rest.split(" ", 1)[1]))
+    assert len(commands) == 10 and found == expected
