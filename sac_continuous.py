@@ -474,6 +474,8 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminations) -> None:
         """Add a batch of transitions (one per vectorized env); arrays of leading dim n_envs."""
+        if not all(np.isfinite(value).all() for value in (obs, next_obs, rewards)):  # so never checkpointed
+            raise NonFiniteDataError("the environment returned a NaN or infinite observation or reward")
         n = len(obs)
         index = (torch.arange(n) + self.position) % self.capacity
         index = index.to(self.device)
@@ -714,17 +716,22 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: SAC) -> dict[str, float
 # loss_scalars(losses, agent), and `Agent`, the agent class, built as Agent(args, obs_dim,
 # action_space, device), with `policies` (the actors to evaluate), `state_dict()` and
 # `load_state_dict(state)`.
+import contextlib  # noqa: E402
 import csv  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import reprlib  # noqa: E402
 import signal  # noqa: E402
+import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import typing  # noqa: E402
+import torch.utils._python_dispatch  # noqa: E402  (AllocationBudget)
+import zipfile  # noqa: E402
 from dataclasses import asdict, fields  # noqa: E402
 
 # the three scripts of this project; a checkpoint names the one that wrote it
@@ -743,6 +750,11 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite: the run stops, the last good checkpoint stays on disk."""
 
 
+class NonFiniteDataError(NonFiniteLossError):
+    """The environment returned a NaN or infinite observation or reward (raised by the replay
+    buffer before storing it, so no checkpoint ever holds it; Run adds the step to the message)."""
+
+
 # ---- argument checks every script shares -------------------------------------------------
 COMMON_POSITIVE = ("total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "hidden_size",
                    "num_layers", "checkpoint_every", "log_every")
@@ -757,6 +769,13 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
     for name in ("eval_every", "learning_starts", "random_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for field in fields(args):  # nan or inf in any float flag: refused now, not after hours of training
+        value = getattr(args, field.name)
+        for number in value if isinstance(value, (tuple, list)) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {number}")
+    if not 0 <= args.seed < 2**32:  # np.random.seed's range
+        raise ConfigError(f"--seed must lie in [0, 2**32 - 1], got {args.seed}")
     if args.batch_size > args.buffer_size:
         raise ConfigError(f"--batch-size ({args.batch_size}) cannot exceed --buffer-size ({args.buffer_size})")
     if not 0.0 <= args.gamma <= 1.0:
@@ -838,6 +857,13 @@ class Run:
         self.checkpoint = read_checkpoint(args.resume) if args.resume else None
         if self.checkpoint is not None:
             check_resume_args(self.checkpoint, args)
+            self.run_dir = os.path.dirname(os.path.abspath(self.checkpoint["path"]))
+            if not os.access(self.run_dir, os.W_OK | os.X_OK):
+                raise ConfigError(f"--resume {args.resume}: cannot write to {self.run_dir}")
+        else:
+            problem = writable_folder_problem(args.output_dir)
+            if problem is not None:
+                raise ConfigError(f"--output-dir {args.output_dir}: {problem}")
         seed_everything(args.seed, args.torch_deterministic)
         self.global_step, self.train_time, self.train_steps, self.episodes = 0, 0.0, 0, 0
         self.last_return = float("nan")
@@ -856,21 +882,18 @@ class Run:
         self.agent, self.buffer, self.envs = agent, buffer, envs
         self.eval_generator = torch.Generator(device=self.device)
         self.eval_generator.manual_seed(args.seed + 1)
+        previous_rows = None
         if checkpoint is not None:
+            # a second --resume of this folder stops here; the lock lasts as long as this process
+            self.folder_lock = lock_run_folder(self.run_dir, f"--resume {args.resume}")
             try:
-                agent.load_state_dict(checkpoint["agent"])
-                buffer.load_state_dict(checkpoint["replay_buffer"])
-                set_rng_states(checkpoint["rng"])
-                self.eval_generator.set_state(checkpoint["eval_generator"])
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-                raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run "
-                                  f"({one_line(error)})") from None
-            for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
-                setattr(self, name, checkpoint[name])
-            self.run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
+                previous_rows = self.restore(agent, buffer)
+            except BaseException:
+                self.release_folder()
+                raise
         else:
-            self.run_dir = os.path.join(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-            os.makedirs(self.run_dir, exist_ok=False)
+            self.run_dir = new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}")
+            self.folder_lock = lock_run_folder(self.run_dir, "--output-dir")
         accelerate_updates(agent, args)  # --compile / --cudagraphs; after the checkpoint is loaded
         self.run_name = os.path.basename(self.run_dir)
         self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
@@ -892,8 +915,8 @@ class Run:
                        dir=self.run_dir)  # wandb/ inside the run folder, not the working directory
             self.closers.append(wandb.finish)
         self.logger = RunLogger(self.run_dir, self.global_step if checkpoint is not None else None,
-                                len(agent.policies) if PER_ACTOR_EVALUATION else 0)
-        self.closers = [self.logger.close, envs.close, self.eval_env.close] + self.closers
+                                len(agent.policies) if PER_ACTOR_EVALUATION else 0, previous_rows)
+        self.closers = [self.logger.close, envs.close, self.eval_env.close] + self.closers + [self.release_folder]
         self.start_time, self.start_step = time.time(), self.global_step
         if checkpoint is None:
             obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
@@ -901,15 +924,50 @@ class Run:
             obs, _ = envs.reset(seed=[args.seed + self.global_step + i for i in range(args.num_envs)])
         return obs
 
+    def restore(self, agent, buffer) -> dict:
+        """Load the checkpoint into the agent, buffer and random streams, and read the rows of the
+        folder's CSVs and arrays to keep. Every tensor is compared with what this run built BEFORE
+        anything is loaded, and every file is checked, before the first byte of the folder changes."""
+        args, checkpoint = self.args, self.checkpoint
+        problem = (state_problem(checkpoint["agent"], agent.state_dict(), "agent")
+                   or buffer_problem(checkpoint["replay_buffer"], buffer)
+                   or rng_problem(checkpoint["rng"])
+                   or state_problem(checkpoint["eval_generator"], self.eval_generator.get_state(), "eval_generator"))
+        try:
+            if problem is None:
+                agent.load_state_dict(checkpoint["agent"])
+                problem = optimizer_state_problem(agent)
+            if problem is None:
+                buffer.load_state_dict(checkpoint["replay_buffer"])
+                set_rng_states(checkpoint["rng"])
+                self.eval_generator.set_state(checkpoint["eval_generator"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            problem = one_line(error)
+        if problem is not None:
+            raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run ({problem})")
+        for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
+            setattr(self, name, checkpoint[name])
+        # resumed at the end of its budget: the final evaluation (maybe cut short by a kill) runs
+        # again, so the rows it wrote at this step go, or they would appear twice
+        redo_step = self.global_step if self.global_step >= args.total_timesteps else None
+        return read_previous_rows(self.run_dir, self.global_step, redo_step,
+                                  len(agent.policies) if PER_ACTOR_EVALUATION else 0)
+
     # ---- the loop ----------------------------------------------------------------------------
     def __enter__(self) -> "Run":
         self.stop = StopSignal().__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop.__exit__(*exc)
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.stop.__exit__(exc_type, exc, traceback)
         for close in self.closers:
             close()
+        if isinstance(exc, NonFiniteDataError):  # the buffer refused it: say at which step
+            raise NonFiniteLossError(f"{exc} at step {self.global_step + self.args.num_envs}; stopped before "
+                                     f"storing it. Last good checkpoint: {self.last_good_checkpoint()}") from None
+
+    def release_folder(self) -> None:
+        os.close(self.folder_lock)
 
     def keep_training(self) -> bool:
         """False once the budget is spent or Ctrl-C / SIGTERM arrived (the step before finished)."""
@@ -970,10 +1028,13 @@ class Run:
 
     def stop_if_nonfinite(self) -> None:
         if bool(self.nonfinite):
-            where = (f"{self.checkpoint_path} (step {self.last_good_checkpoint_step})"
-                     if self.last_good_checkpoint_step is not None else "none was written yet")
             raise NonFiniteLossError(f"a loss became NaN or infinite by step {self.global_step}; stopped without "
-                                     f"saving the broken networks. Last good checkpoint: {where}")
+                                     f"saving the broken networks. Last good checkpoint: {self.last_good_checkpoint()}")
+
+    def last_good_checkpoint(self) -> str:
+        if self.last_good_checkpoint_step is None:
+            return "none was written yet"
+        return f"{self.checkpoint_path} (step {self.last_good_checkpoint_step})"
 
     def save_checkpoint(self) -> None:
         """Everything --resume needs, as plain data, written atomically; never broken networks."""
@@ -1055,24 +1116,29 @@ def crossed(step_before: int, step_after: int, every: int) -> bool:
 class RunLogger:
     """Writes every scalar to TensorBoard and to metrics.csv (long format: step, time, tag, value),
     and evaluations to eval.csv. With --track, wandb mirrors TensorBoard (sync_tensorboard, as in
-    CleanRL). With num_actor_arrays > 0 (POSAC) also the source's eval_actor_{i}.npy arrays."""
+    CleanRL). With num_actor_arrays > 0 (POSAC) also the source's eval_actor_{i}.npy arrays.
+    A resumed run passes the rows to keep (read_previous_rows, checked before anything changed)."""
 
-    def __init__(self, run_dir: str, resume_step: Optional[int], num_actor_arrays: int = 0):
+    def __init__(self, run_dir: str, resume_step: Optional[int], num_actor_arrays: int = 0,
+                 previous_rows: Optional[dict] = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        if resume_step is not None and previous_rows is None:
+            previous_rows = read_previous_rows(run_dir, resume_step, None, num_actor_arrays)
         # purge_step hides TensorBoard events logged after the checkpoint we resume from
         self.writer = SummaryWriter(run_dir, purge_step=resume_step)
         self.metrics_path = os.path.join(run_dir, "metrics.csv")
         self.eval_path = os.path.join(run_dir, "eval.csv")
-        for path, header in ((self.metrics_path, ["global_step", "wall_time", "metric", "value"]),
-                             (self.eval_path, ["global_step", "policy", "mode", "mean_return", "std_return", "episodes"])):
-            truncate_csv_after(path, header, resume_step)
-        self.metrics_file = open(self.metrics_path, "a", newline="")
+        for path, header in ((self.metrics_path, METRICS_HEADER), (self.eval_path, EVAL_HEADER)):
+            rows = previous_rows[os.path.basename(path)] if previous_rows else []
+            atomic_write_text(path, lambda f: csv.writer(f).writerows([header] + rows))
+        self.metrics_file = open_for_append(self.metrics_path)
         self.metrics_csv = csv.writer(self.metrics_file)
         self.per_actor = num_actor_arrays > 0
         # the per-actor evaluation arrays: rows [global_step, deterministic mean, stochastic mean]
         self.actor_array_paths = [os.path.join(run_dir, f"eval_actor_{i}.npy") for i in range(num_actor_arrays)]
-        self.actor_arrays = [truncate_array_after(path, resume_step) for path in self.actor_array_paths]
+        self.actor_arrays = [previous_rows[os.path.basename(path)] if previous_rows else np.zeros((0, 3))
+                             for path in self.actor_array_paths]
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         now = time.time()
@@ -1082,7 +1148,7 @@ class RunLogger:
         self.metrics_file.flush()
 
     def evaluation(self, step: int, policy: int, mode: str, returns: np.ndarray) -> None:
-        with open(self.eval_path, "a", newline="") as f:
+        with open_for_append(self.eval_path) as f:
             csv.writer(f).writerow([step, policy, mode, repr(float(returns.mean())), repr(float(returns.std())), len(returns)])
         tags = {f"eval/actor_{policy}/{mode}_return": float(returns.mean())} if self.per_actor else {}
         if policy == 0:  # actor 0 under SAC's tag too, so every script's curves share a name
@@ -1100,38 +1166,167 @@ class RunLogger:
         self.metrics_file.close()
 
 
-def truncate_csv_after(path: str, header: list[str], last_step: Optional[int]) -> None:
-    """Create `path` with its header, or on resume keep only rows with global_step <= last_step
-    (rows written after the checkpoint would otherwise appear twice)."""
-    if last_step is None or not os.path.exists(path):
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(header)
-        return
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f)][1:]
-    kept = [row for row in rows if row and int(row[0]) <= last_step]
-    atomic_write_text(path, lambda f: csv.writer(f).writerows([header] + kept))
+METRICS_HEADER = ["global_step", "wall_time", "metric", "value"]
+EVAL_HEADER = ["global_step", "policy", "mode", "mean_return", "std_return", "episodes"]
 
 
-def truncate_array_after(path: str, last_step: Optional[int]) -> np.ndarray:
-    """The rows of an evaluation array to continue from: none for a new run, or on resume the
-    saved rows with global_step <= last_step (the same rule as truncate_csv_after)."""
-    if last_step is None or not os.path.exists(path):
-        return np.zeros((0, 3), dtype=np.float64)
-    rows = np.load(path, allow_pickle=False).reshape(-1, 3)
-    return rows[rows[:, 0] <= last_step]
+# ---- a run folder is untrusted input -----------------------------------------------------------
+# Students hand each other run folders, so everything in one (args.json, checkpoint.pt, the CSVs and
+# arrays, leftover *.tmp files, links, sub-folders) may have been written by someone else. Reading one
+# follows four rules: nothing in it runs code (checkpoints load as data only; an env id read from a
+# file may not name a module to import); nothing written goes outside it (a folder holding a symbolic
+# link is refused, files are created without following links); nothing read allocates more than the
+# file holds or the run needs; every check finishes before the first byte of the folder changes.
+# Each problem is one ConfigError: one `error:` line, exit code 2.
+MAX_STEP = 2**40  # a step counter past this (~10^12) was not written by a run
+MAX_TEXT_BYTES = 2**20  # args.json, summary.json, a --config file: a few KB when written by hand or by us
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 on Windows, which has no symbolic links in run folders
+SHORT_REPR = reprlib.Repr()
+SHORT_REPR.maxlevel, SHORT_REPR.maxstring, SHORT_REPR.maxother, SHORT_REPR.maxlong = 2, 40, 40, 40
+
+
+def short(value) -> str:
+    """A repr of at most ~80 characters that never builds the whole repr: a YAML alias bomb is small
+    on disk but billions of items when printed."""
+    text = SHORT_REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def run_folder_problem(run_dir: str) -> Optional[str]:
+    """Why `run_dir` cannot be read or written as a run folder, or None: everything in it must be a
+    regular file or folder. A symbolic link would send a write outside the folder (metrics.csv.tmp ->
+    ~/.bashrc), a FIFO would block the run forever."""
+    for folder, subfolders, files in os.walk(run_dir):  # os.walk does not descend into linked folders
+        for name in subfolders + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                return f"{path} is a symbolic link; a run folder may hold only its own files and folders"
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                return f"{path} is not a regular file or folder"
+    return None
+
+
+def writable_folder_problem(folder: str) -> Optional[str]:
+    """Why no run folder can be created under `folder` (None when it can): checked before any work."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a folder"
+    return None if os.access(existing, os.W_OK | os.X_OK) else f"cannot write to {existing}"
+
+
+def new_run_folder(output_dir: str, prefix: str) -> str:
+    """Create {output_dir}/{prefix}__{unix time}. The same command started again within the same
+    second takes the next free second, so every run gets its own folder."""
+    os.makedirs(output_dir, exist_ok=True)
+    stamp = int(time.time())
+    while True:
+        path = os.path.join(output_dir, f"{prefix}__{stamp}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            stamp += 1
+
+
+def lock_run_folder(run_dir: str, flag: str) -> int:
+    """An exclusive lock on the run folder for as long as this process lives (the system drops it
+    however the process ends), so two runs never write one folder. Returns the descriptor to close."""
+    descriptor = os.open(run_dir, os.O_RDONLY)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; a second run of one folder is not detected there
+        return descriptor
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise ConfigError(f"{flag}: another process is already writing {run_dir}") from None
+    return descriptor
+
+
+def open_for_append(path: str):
+    """open(path, "a") that never follows a symbolic link at `path`."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o644), "a", newline="")
+
+
+def read_previous_rows(run_dir: str, last_step: int, redo_step: Optional[int], num_actor_arrays: int) -> dict:
+    """The rows of metrics.csv, eval.csv and the eval_actor_{i}.npy arrays a resumed run keeps: those
+    up to the checkpoint's step (later ones would appear twice), minus the evaluation rows at
+    `redo_step` (the final evaluation, which runs again). Every row is checked first."""
+    def evaluation_at_redo_step(step: int, row: list[str], is_metric: bool) -> bool:
+        return step == redo_step and (not is_metric or row[2].startswith("eval/"))
+
+    rows = {}
+    for name, header in (("metrics.csv", METRICS_HEADER), ("eval.csv", EVAL_HEADER)):
+        rows[name] = [row for row in read_csv_rows(os.path.join(run_dir, name), header)
+                      if int(row[0]) <= last_step and not evaluation_at_redo_step(int(row[0]), row, name == "metrics.csv")]
+    for i in range(num_actor_arrays):
+        array = read_actor_array(os.path.join(run_dir, f"eval_actor_{i}.npy"), last_step)
+        rows[f"eval_actor_{i}.npy"] = array[array[:, 0] != redo_step] if redo_step is not None else array
+    return rows
+
+
+def read_csv_rows(path: str, header: list[str]) -> list[list[str]]:
+    """A run folder's CSV as rows (header excluded), each checked: the right number of columns and a
+    global_step that is a plain integer. A missing file has no rows."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"cannot read {path} ({one_line(error)})") from None
+    if not rows or rows[0] != header:
+        raise ConfigError(f"{path} does not start with the header {','.join(header)}")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header) or not (row[0].isascii() and row[0].isdigit() and int(row[0]) <= MAX_STEP):
+            raise ConfigError(f"{path}, row {number}: not a row of this file ({short(row)})")
+    return rows[1:]
+
+
+def read_actor_array(path: str, last_step: int) -> np.ndarray:
+    """A POSAC eval_actor_{i}.npy's rows up to last_step: float64 [step, det, sto] rows. Its header is
+    checked against the file's size before any array is allocated (a header may claim 240 GB)."""
+    if not os.path.exists(path):
+        return np.zeros((0, 3))
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, fortran_order, dtype = read_header[version](f)
+            if (dtype != np.float64 or fortran_order or len(shape) != 2 or shape[1] != 3
+                    or shape[0] * 3 * 8 > os.path.getsize(path) - f.tell()):
+                raise ValueError(f"not an array of [step, deterministic, stochastic] rows: {short(shape)} {dtype}")
+            f.seek(0)
+            array = np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError) as error:  # KeyError: an unknown .npy version
+        raise ConfigError(f"cannot read {path} ({one_line(error)})") from None
+    return array[array[:, 0] <= last_step]
 
 
 def atomic_write(path: str, write, mode: str = "w") -> None:
     """Write a file through a temp file, fsync, then os.replace: readers never see half a file, and a
-    crash or kill mid-write leaves the previous file intact (rename is atomic on POSIX).
-    `write(f)` fills the open temp file; mode "w" (text) or "wb" (binary)."""
+    crash or kill mid-write leaves the previous file intact (rename is atomic on POSIX). The temp
+    file is created new (a leftover or a link at its name is removed, never followed), and a failed
+    write (a full disk) removes it and is one ConfigError. `write(f)` fills the open temp file;
+    mode "w" (text) or "wb" (binary)."""
     tmp = f"{path}.tmp"
-    with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
+        with os.fdopen(descriptor, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's writer reports a full disk so
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write {path} ({one_line(error)}); the previous file is unchanged") from None
 
 
 def atomic_write_text(path: str, write) -> None:
@@ -1166,6 +1361,9 @@ def read_checkpoint(resume: str, flag: str = "--resume") -> dict:
     path = resolve_checkpoint_path(resume)
     if path is None:
         raise ConfigError(f"{flag} {resume}: no checkpoint.pt there")
+    problem = run_folder_problem(os.path.dirname(os.path.abspath(path))) or archive_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{flag} {resume}: {problem}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # refused objects, a truncated, empty or foreign file
@@ -1209,8 +1407,10 @@ def checkpoint_problem(checkpoint) -> Optional[str]:
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
             return f"checkpoint's '{key}' is a {type(value).__name__}, not a {getattr(kind, '__name__', 'number')}"
     for key in ("global_step", "train_steps", "episodes"):
-        if checkpoint[key] < 0:
-            return f"checkpoint's '{key}' is negative ({checkpoint[key]})"
+        if not 0 <= checkpoint[key] <= MAX_STEP:
+            return f"checkpoint's '{key}' is out of range ({short(checkpoint[key])})"
+    if not (math.isfinite(checkpoint["train_time"]) and checkpoint["train_time"] >= 0):
+        return f"checkpoint's 'train_time' is not a duration ({checkpoint['train_time']})"
     unknown = sorted(set(checkpoint["args"]) - {f.name for f in fields(Args)})
     if unknown:
         return f"checkpoint's args hold fields this script does not have: {', '.join(unknown)}"
@@ -1224,7 +1424,7 @@ def check_resume_args(checkpoint: dict, args: Args) -> None:
     """The args that fix the shapes and meaning of what a checkpoint holds must match: resuming
     with other values would be a different run."""
     saved = checkpoint["args"]
-    differ = [f"{k} (checkpoint {saved.get(k)!r}, now {getattr(args, k)!r})" for k in RESUME_MUST_MATCH
+    differ = [f"{k} (checkpoint {short(saved.get(k))}, now {short(getattr(args, k))})" for k in RESUME_MUST_MATCH
               if as_list(saved.get(k)) != as_list(getattr(args, k))]
     if differ:
         raise ConfigError(f"--resume {args.resume}: incompatible arguments: {', '.join(differ)}")
@@ -1236,12 +1436,161 @@ def check_resume_args(checkpoint: dict, args: Args) -> None:
 
 
 def finished_at(checkpoint: dict) -> int:
-    """The global step in summary.json beside the checkpoint: where the run completed (-1: never)."""
+    """The global step in summary.json beside the checkpoint: where the run completed (-1: never,
+    or a summary.json that is not ours)."""
     try:
-        with open(os.path.join(os.path.dirname(checkpoint["path"]), "summary.json")) as f:
-            return int(json.load(f)["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        step = read_json(os.path.join(os.path.dirname(checkpoint["path"]), "summary.json"))["global_step"]
+    except (ConfigError, KeyError, TypeError):
         return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
+
+
+def read_json(path: str):
+    """A run folder's JSON file (args.json, summary.json), at most MAX_TEXT_BYTES of UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise ValueError(f"larger than {MAX_TEXT_BYTES} bytes")
+        return json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"cannot read {path} ({one_line(error)})") from None
+
+
+def archive_problem(path: str) -> Optional[str]:
+    """Why `path` is not a checkpoint as torch.save writes one, checked before torch.load reads it:
+    a zip archive of UNCOMPRESSED members. A compressed member could inflate far beyond the file
+    (a 2 MB file to 2 GB); uncompressed, nothing read is larger than the file itself."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
+        return f"cannot read {path} (not a checkpoint written by torch.save: {one_line(error)})"
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED or member.file_size != member.compress_size:
+            return f"cannot read {path} (its member {short(member.filename)} is compressed; torch.save never compresses)"
+    return None
+
+
+# ---- a checkpoint's contents against what this run builds -------------------------------------
+def state_problem(saved, fresh, where: str) -> Optional[str]:
+    """Why the `saved` state (read from a checkpoint) cannot replace this run's `fresh` one, or None.
+    The same structure (dict keys, list lengths), tensors of the same shape and dtype (the device is
+    not compared) with finite values, numbers of the same kind, finite; optimizer states as in
+    optimizer_dict_problem. Checked before anything is loaded: a crafted Adam state of the wrong
+    shape makes the fused optimizer write out of bounds (a segfault, or memory until OOM)."""
+    if isinstance(fresh, dict) and set(fresh) == {"state", "param_groups"}:
+        return optimizer_dict_problem(saved, fresh, where)
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(saved) != set(fresh):
+            found = sorted(map(str, saved))[:8] if isinstance(saved, dict) else type(saved).__name__
+            return f"{where} holds {short(found)}, this run has {short(sorted(map(str, fresh)))}"
+        return next(filter(None, (state_problem(saved[key], fresh[key], f"{where}.{key}") for key in fresh)), None)
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return f"{where} is not a list of {len(fresh)} entries"
+        return next(filter(None, (state_problem(a, b, f"{where}[{i}]") for i, (a, b) in enumerate(zip(saved, fresh)))), None)
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{where} is a {type(saved).__name__}, not a tensor"
+        if saved.shape != fresh.shape or saved.dtype != fresh.dtype:
+            return f"{where} is {short(tuple(saved.shape))} {saved.dtype}, this run needs {tuple(fresh.shape)} {fresh.dtype}"
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+            return f"{where} holds NaN or infinite values"
+        return None
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return None if type(saved) is type(fresh) else f"{where} is {short(saved)}, not like {short(fresh)}"
+    if isinstance(fresh, int):
+        in_range = isinstance(saved, int) and not isinstance(saved, bool) and 0 <= saved <= MAX_STEP
+        return None if in_range else f"{where} is {short(saved)}, not a count"
+    if isinstance(fresh, float):
+        finite = isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+        return None if finite else f"{where} is {short(saved)}, not a finite number"
+    return f"{where}: this run holds a {type(fresh).__name__}, which a checkpoint cannot replace"
+
+
+def optimizer_dict_problem(saved, fresh: dict, where: str) -> Optional[str]:
+    """An optimizer's state_dict against this run's (not yet stepped) one: the same param_groups
+    (settings of the same kinds, finite numbers, the same parameter indices), and per-parameter
+    entries of float32 tensors with finite values for those indices only. Their shapes are known
+    only once loaded: optimizer_state_problem compares them with the parameters."""
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
+        return f"{where} is not an optimizer state"
+    problem = state_problem(saved["param_groups"], fresh["param_groups"], f"{where}.param_groups")
+    if problem is not None:
+        return problem
+    indices = {index for group in fresh["param_groups"] for index in group["params"]}
+    if any(group["params"] != fresh_group["params"] for group, fresh_group in zip(saved["param_groups"], fresh["param_groups"])):
+        return f"{where}.param_groups name other parameters than this run's"
+    if not isinstance(saved["state"], dict) or not set(saved["state"]) <= indices:
+        return f"{where}.state is not keyed by this optimizer's parameters"
+    for index, entry in saved["state"].items():
+        if not isinstance(entry, dict) or not set(entry) <= {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}:
+            return f"{where}.state[{index}] is not an Adam state"
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+                return f"{where}.state[{index}].{key} is not a float32 tensor"
+            if key == "step" and value.dim() != 0:
+                return f"{where}.state[{index}].step is {short(tuple(value.shape))}, not a number"
+    return None
+
+
+def optimizer_state_problem(agent) -> Optional[str]:
+    """After load_state_dict: every optimizer's per-parameter state has its parameter's shape (the
+    loaded entries could not be compared earlier, the fresh optimizers have none yet). Finite too:
+    checked here, once the shapes are known to be those of the parameters."""
+    optimizers = [item for value in vars(agent).values()
+                  for item in (value if isinstance(value, (list, tuple)) else [value])
+                  if isinstance(item, torch.optim.Optimizer)]
+    for optimizer in optimizers:
+        for parameter, entry in optimizer.state.items():
+            for key, value in entry.items():
+                want = () if key == "step" else tuple(parameter.shape)
+                if tuple(value.shape) != want:
+                    return f"an optimizer's '{key}' is {short(tuple(value.shape))}, its parameter needs {want}"
+                if not bool(torch.isfinite(value).all()):
+                    return f"an optimizer's '{key}' holds NaN or infinite values"
+    return None
+
+
+def buffer_problem(saved, buffer) -> Optional[str]:
+    """The saved replay buffer against this run's (empty) one: `size` and `position` integers in
+    range and consistent (a ring filled from row 0: position == size until it is full), each array
+    exactly `size` rows of this run's row shape and dtype, finite."""
+    fresh = buffer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(fresh):
+        return "its replay buffer does not hold this script's arrays"
+    size, position = saved["size"], saved["position"]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (size, position)):
+        return f"its replay buffer's size/position are {short(size)}/{short(position)}, not integers"
+    if not (0 <= size <= buffer.capacity and 0 <= position < buffer.capacity
+            and (position == size or size == buffer.capacity)):
+        return f"its replay buffer's size {size} and position {position} do not fit {buffer.capacity} rows"
+    for key, value in fresh.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == 0:  # the filled rows
+            value = torch.empty((size, *value.shape[1:]), dtype=value.dtype)
+        problem = state_problem(saved[key], value, f"replay_buffer.{key}")
+        if problem is not None:
+            return problem
+    return None
+
+
+def rng_problem(saved) -> Optional[str]:
+    """The saved random streams against this process's (rng_states()): the same structure; Python's
+    gauss_next may be None or a number, the CUDA states None or a short list of byte tensors (a
+    checkpoint from a GPU machine resumes on the CPU)."""
+    fresh = rng_states()
+    if not isinstance(saved, dict) or set(saved) != set(fresh) or not isinstance(saved.get("python"), dict):
+        return "its random states are not this script's"
+    gauss_next, cuda = saved["python"].get("gauss_next"), saved["cuda"]
+    if not (gauss_next is None or (isinstance(gauss_next, float) and math.isfinite(gauss_next))):
+        return f"its Python random state's gauss_next is {short(gauss_next)}"
+    if not (cuda is None or (isinstance(cuda, list) and len(cuda) <= 64 and all(
+            isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1 and len(state) <= 4096
+            for state in cuda))):
+        return "its CUDA random states are not byte tensors"
+    comparable = {**saved, "python": {**saved["python"], "gauss_next": fresh["python"]["gauss_next"]}, "cuda": fresh["cuda"]}
+    return state_problem(comparable, fresh, "rng")
 
 
 def unsafe_globals(path: str) -> list[str]:
@@ -1536,28 +1885,36 @@ def video_problem(env_id: str) -> Optional[str]:
 # ---- --evaluate: play a saved run's policies -------------------------------------------------
 def evaluate_saved_run(cli_args: Args) -> dict:
     """--evaluate RUN_FOLDER: load the run's latest checkpoint (as data, checked) and its settings
-    (args.json), play --eval-episodes episodes per mode with every policy on an env reset with
-    seeds --seed + 200000 onwards (not the training run's evaluation states), and print mean +- std.
-    With --capture-video every episode is filmed to RUN_FOLDER/videos/evaluate-<time>/. Trains
-    nothing and writes no other file of the run, so it works on a run that is still going."""
+    (args.json, checked like the command line), play --eval-episodes episodes per mode with every
+    policy on an env reset with seeds --seed + 200000 onwards (not the training run's evaluation
+    states), and print mean +- std. With --capture-video every episode is filmed to
+    RUN_FOLDER/videos/evaluate-<time>/. Trains nothing and writes no other file of the run, so it
+    works on a run that is still going."""
     checkpoint = read_checkpoint(cli_args.evaluate, flag="--evaluate")
     run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
     args = saved_args(run_dir, checkpoint, cli_args)
     action_space = validate_args(args)
     device = pick_device(args.cuda)
+    probe = gym.make(args.env_id)
+    obs_dim = int(np.prod(probe.observation_space.shape))
+    probe.close()
+    # the networks are as large as args.json says: build them within what the checkpoint holds
+    with AllocationBudget(stored_bytes(checkpoint["agent"]) + 2**24, f"--evaluate {cli_args.evaluate}"):
+        agent = Agent(args, obs_dim, action_space, device)
+    problem = state_problem(checkpoint["agent"], agent.state_dict(), "agent")
+    try:
+        if problem is None:
+            agent.load_state_dict(checkpoint["agent"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        problem = one_line(error)
+    if problem is not None:
+        raise ConfigError(f"--evaluate {cli_args.evaluate}: {checkpoint['path']} does not fit its args.json ({problem})")
     video_folder = None
     if args.capture_video:
         video_folder = os.path.join(run_dir, "videos", f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     env = make_env(args.env_id, args.seed + 200_000, video_folder)()
     if video_folder is not None:
         env.env.episode_trigger = lambda episode: True  # film every episode
-    agent = Agent(args, int(np.prod(env.observation_space.shape)), action_space, device)
-    try:
-        agent.load_state_dict(checkpoint["agent"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-        env.close()
-        raise ConfigError(f"--evaluate {cli_args.evaluate}: {checkpoint['path']} does not fit its args.json "
-                          f"({one_line(error)})") from None
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed + 200_000)
     print(f"evaluating {run_dir} at step {checkpoint['global_step']}: {args.eval_episodes} episodes per mode, "
@@ -1580,25 +1937,72 @@ def evaluate_saved_run(cli_args: Args) -> dict:
 
 
 def saved_args(run_dir: str, checkpoint: dict, cli_args: Args) -> Args:
-    """The run's own settings (its args.json, else the checkpoint's copy), with this command's
-    --eval-episodes, --capture-video, --seed and --cuda."""
-    path = os.path.join(run_dir, "args.json")
+    """The run's own settings (its args.json, else the checkpoint's copy), each value checked against
+    Args' types, with this command's --eval-episodes, --capture-video, --seed and --cuda. The
+    architecture must be the checkpoint's own; an env id naming a module to import is honoured only
+    when this command line names it too; training-only flags (--compile, --cudagraphs, --track) are
+    the training run's business, not the evaluation's."""
+    path, flag = os.path.join(run_dir, "args.json"), f"--evaluate {cli_args.evaluate}"
     saved = checkpoint["args"]
     if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                saved = json.load(f)["args"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"--evaluate {cli_args.evaluate}: cannot read {path} ({one_line(error)})") from None
-    known = {f.name for f in fields(Args)}
-    if not isinstance(saved, dict) or set(saved) - known:
-        raise ConfigError(f"--evaluate {cli_args.evaluate}: {path} holds fields this script does not have: "
-                          f"{', '.join(sorted(set(saved) - known)) if isinstance(saved, dict) else saved!r}")
-    args = Args(**saved)
+        saved = read_json(path)
+        saved = saved.get("args") if isinstance(saved, dict) else None
+    hints = typing.get_type_hints(Args, include_extras=True)
+    if not isinstance(saved, dict) or not set(saved) <= set(hints):
+        found = sorted(set(saved) - set(hints)) if isinstance(saved, dict) else type(saved).__name__
+        raise ConfigError(f"{flag}: {path} holds fields this script does not have: {short(found)}")
+    for name, value in saved.items():
+        if not value_fits(value, hints[name]):
+            raise ConfigError(f"{flag}: {path}: '{name}' must be {type_name(hints[name])}, got {short(value)}")
+    env_id = saved.get("env_id", Args.env_id)
+    if ":" in env_id and env_id != cli_args.env_id:
+        raise ConfigError(f"{flag}: {path} names the env '{env_id[:100]}', which imports the module before ':'; "
+                          "a run folder cannot make this script run code. If you trust that module, pass "
+                          f"--env-id {env_id[:100]} on the command line")
+    differ = [name for name in RESUME_MUST_MATCH if name != "seed" and name in saved
+              and as_list(saved[name]) != as_list(checkpoint["args"][name])]
+    if differ:
+        raise ConfigError(f"{flag}: {path} and {checkpoint['path']} disagree on {', '.join(differ)}")
+    args = Args(**{name: tuple(value) if isinstance(value, list) else value for name, value in saved.items()})
     for name in ("eval_episodes", "capture_video", "seed", "cuda"):
         setattr(args, name, getattr(cli_args, name))
-    args.resume, args.evaluate = None, None
+    args.resume, args.evaluate, args.config = None, None, None
+    args.compile, args.cudagraphs, args.track = False, False, False
     return args
+
+
+def stored_bytes(state) -> int:
+    """The bytes of the tensors in a (nested) state: what their storages hold, so a huge shape
+    viewed on a small storage counts as the small storage it is."""
+    if isinstance(state, torch.Tensor):
+        return state.untyped_storage().nbytes()
+    if isinstance(state, dict):
+        return sum(stored_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(stored_bytes(value) for value in state)
+    return 0
+
+
+class AllocationBudget(torch.utils._python_dispatch.TorchDispatchMode):
+    """While active, every tensor created with a size (torch.empty, zeros, ...: what building
+    networks does) is counted BEFORE it is allocated, and going past `limit` bytes is one
+    ConfigError instead of an allocation of whatever args.json claims (hidden_size 10**9: 12 GB)."""
+
+    def __init__(self, limit: int, flag: str):
+        super().__init__()
+        self.limit, self.flag, self.requested = limit, flag, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, argument in enumerate(func._schema.arguments):
+            if argument.name == "size" and isinstance(kwargs.get("size", args[i] if i < len(args) else None), (list, tuple)):
+                size = kwargs.get("size", args[i] if i < len(args) else None)
+                dtype = kwargs.get("dtype") or torch.get_default_dtype()
+                self.requested += math.prod(size) * dtype.itemsize
+                if self.requested > self.limit:
+                    raise ConfigError(f"{self.flag}: its args.json asks for networks larger than its checkpoint "
+                                      f"holds ({self.requested} bytes > {self.limit})")
+        return func(*args, **kwargs)
 
 
 # ---- --config FILE.yaml: a file of defaults, e.g. the course's experiment files -------------
@@ -1621,10 +2025,26 @@ def config_defaults(argv: list[str]) -> Optional[Args]:
         import yaml
     except ImportError:
         raise ConfigError("--config needs PyYAML: pip install pyyaml") from None
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """yaml.safe_load's loader (data only: it builds no Python objects) that refuses a key given
+        twice, where safe_load would silently keep the last one."""
+
+    def unique_mapping(loader, node, deep=False):
+        keys = [loader.construct_object(key_node, deep=deep) for key_node, _ in node.value]
+        repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
+        if repeated:
+            raise ConfigError(f"--config {path}: the key {short(repeated[0])} is given twice")
+        return loader.construct_mapping(node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, unique_mapping)
     try:
-        with open(path) as f:
-            values = yaml.safe_load(f)  # data only: safe_load builds no Python objects
-    except (OSError, yaml.YAMLError) as error:
+        with open(path, "rb") as f:
+            text = f.read(MAX_TEXT_BYTES + 1)
+        if len(text) > MAX_TEXT_BYTES:
+            raise ValueError(f"larger than {MAX_TEXT_BYTES} bytes")
+        values = yaml.load(text.decode("utf-8"), Loader=UniqueKeyLoader)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as error:  # ValueError: not UTF-8; TypeError: a list as a key
         raise ConfigError(f"--config {path}: cannot read it ({one_line(error)})") from None
     if values is None:
         values = {}
@@ -1639,9 +2059,12 @@ def config_defaults(argv: list[str]) -> Optional[Args]:
             continue
         target, implied = CONFIG_KEYS.get(key, (key, {}))
         if target not in hints or target in ("config", "resume", "evaluate"):
-            raise ConfigError(f"--config {path}: unknown key '{key}'")
+            raise ConfigError(f"--config {path}: unknown key {short(key)}")
         if not value_fits(value, hints[target]):
-            raise ConfigError(f"--config {path}: '{key}' must be {type_name(hints[target])}, got {value!r}")
+            raise ConfigError(f"--config {path}: {short(key)} must be {type_name(hints[target])}, got {short(value)}")
+        if target == "env_id" and ":" in value:
+            raise ConfigError(f"--config {path}: the env '{value[:100]}' imports the module before ':'; a file may "
+                              f"only name registered envs. If you trust that module, pass --env-id {value[:100]}")
         settings[target] = list(value) if isinstance(value, list) else value
         for name, implied_value in implied.items():
             settings.setdefault(name, implied_value)

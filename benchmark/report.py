@@ -16,10 +16,19 @@ summary.json when present) and writes into --out-dir:
   final_return` (the mean return of the run's last evaluation), the algorithm by its short name
   (SHORT_NAMES); a multi-actor run's actor i >= 1 as `{name}_actor{i}` (POSAC: posac, posac_actor1).
 The evaluation mode (deterministic / stochastic) is picked with --mode.
+
+A return that is NaN or infinite (a diverged run) makes its cell `non-finite` in results.md, with a
+note under the table. A run folder file that cannot be read as the scripts write it (empty or
+non-UTF-8 eval.csv, a missing column, text where a step or return belongs, invalid JSON or a JSON
+list in args.json / summary.json) stops the report with one line `report.py: error: <file>: ...`
+and exit code 2: the scripts write args.json and summary.json atomically and eval.csv's header
+before any row, so such a file is damage or tampering, not an interrupted run, and skipping it
+would quietly leave a run out of the table. Move the named folder away and rerun.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +39,8 @@ import pandas as pd
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark.runfolders import ARGS, EVAL_CSV, SUMMARY, find_run_folders, folder_time, read_json  # noqa: E402
+from benchmark.runfolders import (ARGS, EVAL_CSV, SUMMARY, RunFolderError, find_run_folders, folder_time,  # noqa: E402
+                                  is_number, load_json_object, read_text, short)
 
 
 @dataclass
@@ -47,40 +57,115 @@ class Args:
 SHORT_NAMES = {"sac_continuous": "sac", "gmm_density_matching": "gmm", "posac_jko": "posac", "sb3_sac": "sb3_sac"}
 
 
-def run_identity(folder: Path) -> dict:
-    """env_id / exp_name / seed / algorithm of a run, from args.json, else from the folder name
-    `{env_id}__{exp_name}__{seed}__{unix_time}`."""
+# the eval.csv columns report.py reads (docs/CONTRACT.md has the full header)
+EVAL_COLUMNS = ("global_step", "policy", "mode", "mean_return")
+
+
+JSON_KINDS = {"a string": lambda value: isinstance(value, str),
+              "an integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+              "a number": is_number}
+
+
+def typed(record: dict, key: str, expected: str, path: Path, default=None):
+    """record[key] when it is `expected` ("a string", "an integer" or "a number", as the scripts write
+    it; a bool is none of them), default when absent, else RunFolderError naming the file."""
+    if key not in record:
+        return default
+    value = record[key]
+    if not JSON_KINDS[expected](value):
+        raise RunFolderError(path, f"{key} is {short(value)}, not {expected}")
+    return value
+
+
+def name_identity(folder: Path) -> tuple[str, str, int]:
+    """(env_id, exp_name, seed) from a folder name `{env_id}__{exp_name}__{seed}__{unix_time}`, for
+    runs without args.json; ("?", the folder name, 0) for a name of another form."""
     parts = folder.name.split("__")
-    record = read_json(folder / ARGS) or {}
+    if len(parts) == 4:
+        try:
+            return parts[0], parts[1], int(parts[2])
+        except ValueError:
+            pass
+    return "?", folder.name, 0
+
+
+def run_identity(folder: Path) -> dict:
+    """env_id / exp_name / seed / algorithm of a run, from args.json, else from the folder name."""
+    path = folder / ARGS
+    record = load_json_object(path) or {}
     run_args = record.get("args", {})
-    exp_name = run_args.get("exp_name", parts[1] if len(parts) == 4 else folder.name)
+    if not isinstance(run_args, dict):
+        raise RunFolderError(path, f"args is {short(run_args)}, not an object")
+    env_id, exp_name, seed = name_identity(folder)
+    exp_name = typed(run_args, "exp_name", "a string", path, exp_name)
     return {
-        "env_id": run_args.get("env_id", parts[0] if len(parts) == 4 else "?"),
+        "env_id": typed(run_args, "env_id", "a string", path, env_id),
         "exp_name": exp_name,
-        "seed": int(run_args.get("seed", parts[2] if len(parts) == 4 else 0)),
-        "algorithm": record.get("algorithm", exp_name),
-        "total_timesteps": run_args.get("total_timesteps", np.nan),
+        "seed": typed(run_args, "seed", "an integer", path, seed),
+        "algorithm": typed(record, "algorithm", "a string", path, exp_name),
+        "total_timesteps": typed(run_args, "total_timesteps", "an integer", path, np.nan),
         "time": folder_time(folder),
         "folder": str(folder),
     }
 
 
+def numeric_column(evals: pd.DataFrame, column: str, integers: bool, path: Path) -> pd.Series:
+    """An eval.csv column (read as text) as numbers: integers (steps, policies), or floats where
+    "nan" and "inf" are allowed (a diverged run's returns; the table flags them). RunFolderError
+    names the first line that holds anything else."""
+    text = evals[column]
+    values = pd.to_numeric(text, errors="coerce")
+    if integers:
+        bad = ~np.isfinite(values) | (values != values.round())
+    else:
+        bad = values.isna() & (text.str.strip().str.lower() != "nan")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise RunFolderError(path, f"line {row + 2}: {column} is {short(text.iloc[row])}, "
+                                   f"not {'an integer' if integers else 'a number'}")
+    return values.astype("int64") if integers else values.astype(float)
+
+
+def read_evals(folder: Path) -> pd.DataFrame:
+    """A run's eval.csv with numeric global_step / policy / mean_return; RunFolderError naming the
+    file when it is empty, not UTF-8, not a CSV table, lacks a column report.py reads, or holds a
+    value of the wrong kind. A header without rows (a run before its first evaluation) is fine."""
+    path = folder / EVAL_CSV
+    text = read_text(path) or ""  # None: deleted since find_run_folders saw it, as good as empty
+    try:
+        # every cell as text, nothing turned into NaN on the way: numeric_column decides what is a number
+        evals = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as error:
+        raise RunFolderError(path, f"not a CSV table ({str(error).strip().splitlines()[0][:200]})") from None
+    except pd.errors.EmptyDataError:
+        raise RunFolderError(path, "empty file (not even the header)") from None
+    missing = [column for column in EVAL_COLUMNS if column not in evals.columns]
+    if missing:
+        raise RunFolderError(path, f"no column {', '.join(missing)} (its header: {short(list(evals.columns))})")
+    return evals.assign(global_step=numeric_column(evals, "global_step", True, path),
+                        policy=numeric_column(evals, "policy", True, path),
+                        mean_return=numeric_column(evals, "mean_return", False, path))
+
+
 def load_runs(paths: list[str | Path], mode: str = "deterministic") -> pd.DataFrame:
     """One row per evaluation of every run found: identity columns + eval.csv columns + the
     summary's sps / train_sps. When one (env, exp_name, seed) has several folders (a run that
-    was restarted from scratch), only the newest counts."""
+    was restarted from scratch), only the newest counts. RunFolderError for a malformed file."""
     frames = []
     for folder in find_run_folders(paths):
-        evals = pd.read_csv(folder / EVAL_CSV)
+        evals = read_evals(folder)
         evals = evals[evals["mode"] == mode]
         if evals.empty:
             continue
-        summary = read_json(folder / SUMMARY) or {}
+        summary_path = folder / SUMMARY
+        summary = load_json_object(summary_path) or {}
         identity = run_identity(folder)
-        timing = {name: summary.get(name, np.nan) for name in ("sps", "train_sps", "wall_time_s")}
+        timing = {name: typed(summary, name, "a number", summary_path, np.nan)
+                  for name in ("sps", "train_sps", "wall_time_s")}
         # a resumed run's summary times only its last process: sps * wall_time_s = the steps that
         # process ran. Such timings are left out (NaN) and the run is marked as resumed.
-        resumed = bool(summary) and timing["sps"] * timing["wall_time_s"] < summary.get("global_step", 0) - 1
+        steps = typed(summary, "global_step", "a number", summary_path, 0)
+        resumed = bool(summary) and timing["sps"] * timing["wall_time_s"] < steps - 1
         if resumed:
             timing = dict.fromkeys(timing, np.nan)
         frames.append(evals.assign(**identity, **timing, resumed=resumed))
@@ -112,17 +197,27 @@ def curve(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and std (ddof=0) over seeds; a NaN or inf among them gives a non-finite result, which
+    to_markdown flags (pandas would skip a NaN)."""
+    with np.errstate(invalid="ignore"):  # inf - inf inside the std is NaN, as it should be: no warning
+        return values.mean(skipna=False), values.std(ddof=0, skipna=False)
+
+
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (env, line): final and best return as mean/std over seeds, seeds, steps, SPS."""
     rows = []
     for (env_id, label), group in df.groupby(["env_id", "label"], sort=True):
         per_seed = group.sort_values("global_step").groupby("seed")
-        final = per_seed["mean_return"].last()
-        best = per_seed["mean_return"].max()
+        # NaN must propagate: pandas' last(), max(), mean() and std() skip it, which would report a
+        # diverged seed's previous return, or the mean over the other seeds, as if nothing happened
+        # (mean_std keeps it too)
+        final = per_seed["mean_return"].agg(lambda returns: returns.iloc[-1])
+        best = per_seed["mean_return"].agg(lambda returns: returns.to_numpy().max())
+        (final_mean, final_std), (best_mean, best_std) = mean_std(final), mean_std(best)
         rows.append({
             "env_id": env_id, "line": label, "seeds": len(final), "resumed": int(per_seed["resumed"].first().sum()),
-            "final_mean": final.mean(), "final_std": final.std(ddof=0),
-            "best_mean": best.mean(), "best_std": best.std(ddof=0),
+            "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
             "steps": int(per_seed["global_step"].max().mean()),
             "sps": per_seed["sps"].first().mean(), "train_sps": per_seed["train_sps"].first().mean(),
             "wall_min": per_seed["wall_time_s"].first().mean() / 60,
@@ -148,9 +243,16 @@ def final_returns(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values(["env_id", "algorithm", "seed"], ignore_index=True)
 
 
+NON_FINITE_NOTE = ("non-finite: a seed's return is NaN or infinite (the run diverged), so there is no mean over seeds;"
+                   " its eval.csv has the values.")
+
+
 def to_markdown(table: pd.DataFrame, mode: str) -> str:
     def number(x, digits=0):
         return "-" if pd.isna(x) else f"{x:.{digits}f}"
+
+    def returns(mean, std):
+        return f"{mean:.1f} +- {std:.1f}" if np.isfinite(mean) and np.isfinite(std) else "non-finite"
 
     lines = [
         f"Evaluation returns ({mode} policy), mean +- std over seeds (ddof=0). SPS and wall time: means over the"
@@ -162,10 +264,12 @@ def to_markdown(table: pd.DataFrame, mode: str) -> str:
     for r in table.itertuples():
         lines.append(
             f"| {r.env_id} | {r.line} | {r.seeds}{f' ({r.resumed} resumed)' if r.resumed else ''} | "
-            f"{r.final_mean:.1f} +- {r.final_std:.1f} | "
-            f"{r.best_mean:.1f} +- {r.best_std:.1f} | {r.steps} | {number(r.sps)} | {number(r.train_sps)} | "
+            f"{returns(r.final_mean, r.final_std)} | "
+            f"{returns(r.best_mean, r.best_std)} | {r.steps} | {number(r.sps)} | {number(r.train_sps)} | "
             f"{number(r.wall_min)} |"
         )
+    if not np.isfinite(table[["final_mean", "final_std", "best_mean", "best_std"]].to_numpy(dtype=float)).all():
+        lines += ["", NON_FINITE_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -211,10 +315,16 @@ def report(paths: list[str | Path], out_dir: str | Path, mode: str = "determinis
     return table
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
+def main(args: Args) -> int:
+    """report() for the command line: a malformed run folder file or no runs at all is one line
+    `report.py: error: ...` and exit code 2."""
     try:
         report(args.paths, args.out_dir, args.mode)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (RunFolderError, FileNotFoundError) as error:
+        print(f"report.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args)))

@@ -49,8 +49,10 @@ import tyro
 # eval.csv with resume truncation, the step-crossing test, the resume command) comes from the
 # reference script, so this peer writes exactly the same files.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, crossed, load_triton_before_opengl,  # noqa: E402
-                            peak_resident_mb, rng_states, set_rng_states, strip_resume_flag)
+from sac_continuous import (ConfigError, NonFiniteLossError, RunLogger, archive_problem, atomic_write,  # noqa: E402
+                            atomic_write_text, crossed, load_triton_before_opengl, lock_run_folder, new_run_folder,
+                            peak_resident_mb, read_json, read_previous_rows, rng_problem, run_folder_problem,
+                            rng_states, set_rng_states, strip_resume_flag, writable_folder_problem)
 
 ALGORITHM = "sb3_sac"
 
@@ -202,12 +204,7 @@ def save_checkpoint(path: Path, model, state: dict) -> None:
                           **{name: torch.from_numpy(getattr(buffer, name)[:filled]) for name in BUFFER_ARRAYS}},
         "rng": rng_states(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(str(path), lambda f: torch.save(checkpoint, f), "wb")  # the scripts' own: no link followed
 
 
 def first_line(error: BaseException) -> str:
@@ -369,6 +366,19 @@ def buffer_problem(saved: dict, buffer) -> Optional[str]:
     return None
 
 
+def optimizer_shapes_problem(model) -> Optional[str]:
+    """After set_parameters: every loaded Adam entry has its parameter's shape and finite values (a
+    crafted exp_avg of another shape would make Adam's step write out of bounds)."""
+    optimizers = [model.actor.optimizer, model.critic.optimizer, getattr(model, "ent_coef_optimizer", None)]
+    for optimizer in filter(None, optimizers):
+        for parameter, entry in optimizer.state.items():
+            for key, value in entry.items():
+                want = () if key == "step" else tuple(parameter.shape)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != want or not torch.isfinite(value).all():
+                    return f"an optimizer's '{key}' does not fit its parameter {want}"
+    return None
+
+
 def load_checkpoint(path: Path, args: Args, envs, device: str):
     """(model with its replay buffer, bookkeeping state), from a checkpoint read as data only;
     restores the global RNG states. The model is a fresh make_model() with the checkpoint loaded
@@ -376,6 +386,10 @@ def load_checkpoint(path: Path, args: Args, envs, device: str):
     def refuse(why: str) -> ConfigError:
         return ConfigError(f"cannot resume from {path}: {why}")
 
+    # a run folder is untrusted input (README, Outputs): no links in it, an uncompressed archive
+    problem = run_folder_problem(str(path.parent)) or archive_problem(str(path))
+    if problem is not None:
+        raise refuse(problem)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # objects refused by weights_only, a truncated, empty or foreign file
@@ -411,7 +425,7 @@ def load_checkpoint(path: Path, args: Args, envs, device: str):
     try:
         fresh = model.get_parameters()
         model.set_parameters(checkpoint["parameters"], exact_match=True, device=device)
-        problem = settings_problem(fresh, model)
+        problem = settings_problem(fresh, model) or optimizer_shapes_problem(model) or rng_problem(checkpoint["rng"])
         if problem is not None:
             raise ValueError(problem)
         if saved_alpha is not None:
@@ -559,9 +573,10 @@ def make_eval_env(args: Args, run_dir: Path) -> gym.Env:
 def completed_at(run_dir: Path) -> int:
     """The global step in the run's summary.json: where it completed (-1: it never did)."""
     try:
-        return int(json.loads((run_dir / "summary.json").read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        step = read_json(str(run_dir / "summary.json"))["global_step"]
+    except (ConfigError, KeyError, TypeError):
         return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def train(args: Args) -> dict:
@@ -570,9 +585,13 @@ def train(args: Args) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
     envs = make_envs(args)
-    if args.resume:  # load and check the checkpoint before anything in its folder changes
+    previous_rows = None
+    if args.resume:  # load and check the checkpoint and the folder's files before anything in it changes
         run_dir = checkpoint_path(args.resume).parent
         try:
+            if not os.access(run_dir, os.W_OK | os.X_OK):
+                raise ConfigError(f"--resume {args.resume}: cannot write to {run_dir}")
+            folder_lock = lock_run_folder(str(run_dir), f"--resume {args.resume}")
             model, state = load_checkpoint(run_dir / "checkpoint.pt", args, envs, device)
             if state["global_step"] >= args.total_timesteps and completed_at(run_dir) >= state["global_step"]:
                 # as the project's scripts: nothing to train (a run stopped during its final
@@ -580,25 +599,32 @@ def train(args: Args) -> dict:
                 raise ConfigError(f"--resume {args.resume}: that run already reached step {state['global_step']} "
                                   f"(--total-timesteps {args.total_timesteps}); give a larger --total-timesteps "
                                   "to train on")
+            # the final evaluation of a run resumed at its budget runs again: its rows go (as the scripts do)
+            redo_step = state["global_step"] if state["global_step"] >= args.total_timesteps else None
+            previous_rows = read_previous_rows(str(run_dir), state["global_step"], redo_step, 0)
         except BaseException:
             envs.close()
             raise
         envs.seed(args.seed + state["global_step"])  # the interrupted episode restarts
     else:
-        run_dir = Path(args.output_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        problem = writable_folder_problem(args.output_dir)
+        if problem is not None:
+            envs.close()
+            raise ConfigError(f"--output-dir {args.output_dir}: {problem}")
+        run_dir = Path(new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}"))
+        folder_lock = lock_run_folder(str(run_dir), "--output-dir")
         model = make_model(args, envs, device)
         state = {"global_step": 0, "train_time": 0.0, "train_steps": 0, "episodes": 0, "last_return": float("nan"),
                  "last_good_step": None}
-    (run_dir / "args.json").write_text(json.dumps(
-        {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}, indent=2))
+    args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
+    atomic_write_text(str(run_dir / "args.json"), lambda f: json.dump(args_record, f, indent=2))
     eval_env = make_eval_env(args, run_dir)
     if args.track:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=asdict(args), name=run_dir.name, id=run_dir.name, resume="allow")
-    logger = RunLogger(str(run_dir), resume_step=state["global_step"] if args.resume else None)
+    logger = RunLogger(str(run_dir), state["global_step"] if args.resume else None, 0, previous_rows)
     callback = make_callback(args, run_dir, logger, state, eval_env)
     start_time, start_step = time.time(), state["global_step"]
     final_eval: list[dict] = []
@@ -634,9 +660,8 @@ def train(args: Args) -> dict:
                "train_sps": state["train_steps"] / state["train_time"] if state["train_time"] > 0 else float("nan"),
                "wall_time_s": wall_time, "peak_rss_mb": peak_resident_mb(), "final_eval": final_eval}
     if not interrupted:
-        tmp = run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, run_dir / "summary.json")
+        atomic_write_text(str(run_dir / "summary.json"), lambda f: json.dump(summary, f, indent=2))
+    os.close(folder_lock)
     return {**summary, "run_dir": str(run_dir), "interrupted": interrupted}
 
 

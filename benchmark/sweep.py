@@ -31,6 +31,14 @@ Keys map to flags by `snake_case -> --kebab-case`; a list value gives several to
 (`--w2-weights 0.0 0.1`), a boolean gives `--flag` / `--no-flag`. Several `_list` keys sweep
 their product. `--env-ids` / `--seeds` on the command line override the YAML's.
 
+A sweep file is a program: its `scripts` are run as given, so run only sweep files you trust. It
+is read as plain YAML data (no tags, no duplicate keys, UTF-8) and every value is checked for the
+shape above; a malformed file is one `sweep.py: error: ...` line and exit 2, before anything runs.
+Env ids become parts of log paths and run folder names, so an env id may not hold a control
+character, a backslash or an empty, `.` or `..` path part (a namespace like `ALE/Pong-v5` is fine),
+and an id in a sweep file must be a registered id: `--env-ids some.module:Env-v0` (a module part)
+is for the command line only.
+
 Each configuration gets a deterministic `--exp-name`: the script stem plus a short hash of its
 extra arguments (e.g. `posac_jko-1a2b3c4d`). A run is then found again as the folder
 `{output_dir}/{env_id}__{exp_name}__{seed}__*`, which gives the rule of docs/CONTRACT.md:
@@ -45,22 +53,24 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Optional
+from typing import Callable, Optional
 
 import tyro
 
 # `python benchmark/sweep.py` puts benchmark/ (not the repo root) on sys.path; add the root so the
 # package import below works both as a script and as `import benchmark.sweep`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark.runfolders import CHECKPOINT, is_finished, matching_folders, thread_env  # noqa: E402
+from benchmark.runfolders import CHECKPOINT, is_finished, matching_folders, short, thread_env  # noqa: E402
 
 
 @dataclass
@@ -122,7 +132,36 @@ class Args:
 
 
 class SweepError(ValueError):
-    """A malformed grid or YAML file; main() prints it as `error: ...` and exits 2."""
+    """A malformed grid, sweep file or flag; main() prints it as `sweep.py: error: ...` and exits 2."""
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """Free text (a parser's message, which may quote the input) on one line, about `limit` long."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def control_character(text: str) -> Optional[str]:
+    """The first control character in text (C0/C1 controls such as newline, tab and NUL, DEL, Unicode
+    format characters and line/paragraph separators), None when it has none."""
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+
+
+def check_env_id(env_id, from_file: bool) -> None:
+    """Refuse an env id that could leave the output folder or break a path: it becomes part of
+    `{output_dir}/{env_id}__...` run folders and `sweep_logs/{env_id}__....log` files. A sweep file
+    may only name registered ids (a module part `pkg.module:Env-v0` makes gymnasium import that
+    module); the command line may."""
+    if not isinstance(env_id, str) or not env_id:
+        raise SweepError(f"an env id must be a non-empty string, got {short(env_id)}")
+    if control_character(env_id) is not None:
+        raise SweepError(f"env id {short(env_id)} contains a control character")
+    if "\\" in env_id or any(part in ("", ".", "..") for part in env_id.split("/")):
+        raise SweepError(f"env id {short(env_id)} is not a safe part of a path (it names run folders and logs): "
+                         "no backslash, no leading '/', no empty, '.' or '..' part between '/'s (ALE/Pong-v5 is fine)")
+    if from_file and ":" in env_id:
+        raise SweepError(f"env id {short(env_id)}: a sweep file may only name registered ids; to run your own "
+                         "module, pass it on the command line: --env-ids module:Env-v0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,42 +238,82 @@ def expand_grid(
     ]
 
 
-def to_cli(key: str, value) -> list[str]:
+# A sweep file is plain data: CLI tokens are strings or numbers (a bool is one too, and becomes
+# "True" inside a list); keys become flags, so they must look like flag names.
+def is_token(value) -> bool:
+    return isinstance(value, (str, int, float))
+
+
+def is_token_list(value) -> bool:
+    return isinstance(value, list) and all(is_token(item) for item in value)
+
+
+FLAG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def to_cli(key, value) -> list[str]:
     """One YAML key/value as CLI tokens: num_actors: 2 -> ["--num-actors", "2"]."""
+    if not isinstance(key, str) or not FLAG_KEY.fullmatch(key):
+        raise SweepError(f"{short(key)} is not a flag name (a letter, then letters, digits, _ or -)")
     flag = "--" + key.replace("_", "-")
     if isinstance(value, bool):
         return [flag] if value else ["--no-" + key.replace("_", "-")]
     if value is None:
         return []
-    if isinstance(value, (list, tuple)):
+    if is_token(value):
+        return [flag, str(value)]
+    if is_token_list(value):
         return [flag, *(str(v) for v in value)]
-    return [flag, str(value)]
+    raise SweepError(f"{key}: expected a value or a list of values, got {short(value)}")
 
 
-def expand_mapping(mapping) -> list[list[str]]:
+def expand_mapping(mapping, where: str = "") -> list[list[str]]:
     """The configurations (lists of CLI args) one YAML entry stands for.
 
     A dict maps keys to flags, and every `<key>_list` sweeps its items (the product over
     several such keys); a flat list is raw CLI args (one configuration); a list of lists is
-    several raw configurations; None / empty is one empty configuration."""
-    if not mapping:
+    several raw configurations; None / empty is one empty configuration. `where` names the
+    entry in error messages."""
+    prefix = f"{where}: " if where else ""
+    if mapping is None or (isinstance(mapping, (list, dict)) and not mapping):
         return [[]]
     if isinstance(mapping, list):
-        if all(isinstance(item, list) for item in mapping):
+        if is_token_list(mapping):
+            return [[str(token) for token in mapping]]
+        if all(is_token_list(item) for item in mapping):
             return [[str(token) for token in item] for item in mapping]
-        return [[str(token) for token in mapping]]
+        raise SweepError(f"{prefix}expected CLI args (a list of values, or a list of such lists), got {short(mapping)}")
     if not isinstance(mapping, dict):
-        raise SweepError(f"expected a mapping or a list of CLI args, got {mapping!r}")
+        raise SweepError(f"{prefix}expected a mapping or a list of CLI args, got {short(mapping)}")
     fixed: list[str] = []
     swept: list[list[list[str]]] = []
-    for key, value in mapping.items():
-        if key.endswith("_list"):
-            if not isinstance(value, list) or not value:
-                raise SweepError(f"{key} must be a non-empty list, got {value!r}")
-            swept.append([to_cli(key[: -len("_list")], item) for item in value])
-        else:
-            fixed += to_cli(key, value)
+    try:
+        for key, value in mapping.items():
+            if isinstance(key, str) and key.endswith("_list"):
+                if not isinstance(value, list) or not value:
+                    raise SweepError(f"{key} must be a non-empty list, got {short(value)}")
+                swept.append([to_cli(key[: -len("_list")], item) for item in value])
+            else:
+                fixed += to_cli(key, value)
+    except SweepError as error:
+        raise SweepError(f"{prefix}{error}") from None
     return [fixed + [t for part in combo for t in part] for combo in itertools.product(*swept)]
+
+
+def file_mapping(value, what: str) -> dict:
+    """A mapping of a sweep file ({} when absent)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{what} must be a mapping, got {short(value)}")
+    return value
+
+
+def file_list(value, what: str, item_ok: Callable[[object], bool], items: str) -> Optional[list]:
+    """A list of a sweep file (None when absent) whose items all pass item_ok; `items` names them."""
+    if value is not None and (not isinstance(value, list) or not all(item_ok(item) for item in value)):
+        raise SweepError(f"{what} must be a list of {items}, got {short(value)}")
+    return value
 
 
 def expand_yaml(
@@ -245,27 +324,86 @@ def expand_yaml(
     common_args: list[str] = (),
     output_dir: str = "runs",
 ) -> list[Run]:
-    """Runs from a parsed YAML sweep file; the keyword arguments (from the CLI) override it."""
+    """Runs from a parsed YAML sweep file; the keyword arguments (from the CLI) override it. The
+    file's values are checked even where the CLI overrides them: a malformed file is an error."""
     if not isinstance(config, dict):
         raise SweepError("the YAML file must hold a mapping with `common` and `environments`")
-    common = dict(config.get("common") or {})
-    environments = config.get("environments") or {}
-    scripts = scripts or config.get("scripts")
-    yaml_seeds = common.pop("seeds", None)
-    enabled = common.pop("enabled_environments", None)
+    common = dict(file_mapping(config.get("common"), "`common`"))
+    environments = file_mapping(config.get("environments"), "`environments` (env id -> arguments)")
+    yaml_scripts = file_list(config.get("scripts"), "`scripts`", lambda s: isinstance(s, str) and s != "",
+                             "script paths")
+    yaml_seeds = file_list(common.pop("seeds", None), "`common.seeds`",
+                           lambda s: isinstance(s, int) and not isinstance(s, bool), "integers")
+    enabled = file_list(common.pop("enabled_environments", None), "`common.enabled_environments`",
+                        lambda e: isinstance(e, str), "env ids")
+    for env_id in (enabled or []) + list(environments):
+        check_env_id(env_id, from_file=True)
+    scripts = scripts or yaml_scripts
     seeds = seeds or yaml_seeds
     env_ids = env_ids or enabled or list(environments)
     if not scripts:
         raise SweepError("no scripts: give --scripts or a top-level `scripts:` list in the YAML")
     if not seeds:
         raise SweepError("no seeds: give --seeds or `common.seeds` in the YAML")
-    common_configs = expand_mapping(common)
+    common_configs = expand_mapping(common, "common")
     runs: list[Run] = []
     for env_id in env_ids:
-        env_configs = expand_mapping(environments.get(env_id))
+        env_configs = expand_mapping(environments.get(env_id), f"environments: {env_id}")
         configs = [c + e for c in common_configs for e in env_configs]
         runs += expand_grid(scripts, [env_id], seeds, configs, common_args, output_dir)
     return runs
+
+
+def load_sweep_file(path: str):
+    """The parsed sweep file: UTF-8 YAML read as plain data. yaml.safe_load already builds no Python
+    objects; this loader also refuses every tag (`!!python/object`, `!custom`, even `!!str`: a sweep
+    file has no use for them) and duplicate keys (safe_load keeps the last one silently). Every
+    problem is one SweepError line."""
+    import yaml  # only --config needs PyYAML
+
+    class SweepFileLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if getattr(event, "tag", None) is not None:  # an alias event has no tag
+                raise yaml.composer.ComposerError(None, None, f"found the tag {short(event.tag)}: a sweep file "
+                                                  "holds plain data, no YAML tags", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: SafeLoader reports it below
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key)}",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise SweepError(f"{path}: cannot read it ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SweepError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+    try:
+        return yaml.load(text, Loader=SweepFileLoader)
+    except yaml.MarkedYAMLError as error:  # syntax errors, tags, duplicate keys: say where
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f"{error.context}: " if error.context else ""
+        raise SweepError(f"{path}: {where}{clip(context + str(error.problem))}") from None
+    except yaml.YAMLError as error:  # e.g. a character YAML does not accept (NUL); line 2 is `in "<unicode string>"`
+        raise SweepError(f"{path}: {clip(str(error).splitlines()[0])}") from None
+    except RecursionError:
+        raise SweepError(f"{path}: nested too deeply") from None
 
 
 def parse_grid(entries: list[str]) -> dict:
@@ -285,14 +423,13 @@ def parse_grid(entries: list[str]) -> dict:
 
 
 def runs_from_args(args: Args) -> list[Run]:
-    """The runs an Args stands for (YAML file or CLI grid), with the scripts checked to exist."""
+    """The runs an Args stands for (YAML file or CLI grid), with the env ids and scripts checked."""
     common_args = list(args.common_args)
-    configs = expand_mapping(parse_grid(args.grid)) if args.grid else []
+    configs = expand_mapping(parse_grid(args.grid), "--grid") if args.grid else []
+    for env_id in args.env_ids or []:
+        check_env_id(env_id, from_file=False)
     if args.config:
-        import yaml
-
-        with open(args.config) as f:
-            config = yaml.safe_load(f)
+        config = load_sweep_file(args.config)
         runs = expand_yaml(config, args.scripts, args.env_ids, args.seeds, common_args, args.output_dir)
         if configs:  # a --grid multiplies the YAML's configurations
             runs = [Run(r.script, r.env_id, r.seed, r.extra_args + tuple(c), r.output_dir)
@@ -302,8 +439,10 @@ def runs_from_args(args: Args) -> list[Run]:
             raise SweepError("give --scripts and --env-ids (or a --config YAML file)")
         runs = expand_grid(args.scripts, args.env_ids, args.seeds or [1], configs, common_args, args.output_dir)
     for script in sorted({r.script for r in runs}):
+        if control_character(script) is not None:  # its stem becomes part of the run folder names
+            raise SweepError(f"script {short(script)} contains a control character")
         if not Path(script).is_file():
-            raise SweepError(f"script not found: {script}")
+            raise SweepError(f"script not found: {short(script)}")
     return runs
 
 
@@ -482,28 +621,53 @@ exec $python $sweep_py --task-manifest $manifest
 """
 
 
+# sbatch reads the #SBATCH lines itself: it splits a line at whitespace and strips quotes, so a
+# value with a space could add options of its own (`--slurm-partition "gpu --chdir=/elsewhere"`),
+# and shell quoting does not apply there. Their values are held to this conservative set (anything
+# else belongs in a --slurm-template); %A-style patterns and node lists like n[01-04] still pass.
+SBATCH_VALUE = re.compile(r"[\w.,:=+@/%\[\]-]+")
+
+
+def for_sbatch(value: str, what: str, directive: bool = False) -> str:
+    """value, once it is known not to inject anything into the sbatch script: no control character
+    anywhere (a newline would end an #SBATCH comment and start a line that bash runs) and, for a
+    value of an #SBATCH line (`directive`), only SBATCH_VALUE's characters. `what` names its flag."""
+    bad = control_character(value)
+    if bad is not None:
+        raise SweepError(f"{what} {short(value)} contains the control character {bad!r}, which would start a "
+                         "new line in the sbatch script")
+    if directive and not SBATCH_VALUE.fullmatch(value):
+        raise SweepError(f"{what} {short(value)} cannot go into an #SBATCH line: use only letters, digits and "
+                         "_ . , : = + @ / % [ ] - (a --slurm-template can hold anything else)")
+    return value
+
+
 def sbatch_script(args: Args, n_tasks: int, manifest: Path, log_dir: Path) -> str:
     """The sbatch file text: the built-in template (or --slurm-template) with its placeholders
-    filled in from the --slurm-* flags."""
-    options = [f"#SBATCH --partition={args.slurm_partition}"] if args.slurm_partition else []
+    filled in from the --slurm-* flags. Every value is checked by for_sbatch first (SweepError)."""
+    options = []  # the #SBATCH lines the flags ask for
+    if args.slurm_partition:
+        options.append(f"--partition={for_sbatch(args.slurm_partition, '--slurm-partition', directive=True)}")
     if args.slurm_gpus_per_task:
-        options.append(f"#SBATCH --gpus-per-task={args.slurm_gpus_per_task}")
+        options.append(f"--gpus-per-task={args.slurm_gpus_per_task}")
     if args.slurm_mem:
-        options.append(f"#SBATCH --mem={args.slurm_mem}")
-    options += [f"#SBATCH {extra if extra.startswith('-') else '--' + extra}" for extra in args.slurm_extra]
+        options.append(f"--mem={for_sbatch(args.slurm_mem, '--slurm-mem', directive=True)}")
+    for extra in args.slurm_extra:
+        extra = for_sbatch(extra, "--slurm-extra", directive=True)
+        options.append(extra if extra.startswith("-") else "--" + extra)
     array = f"0-{n_tasks - 1}" + (f"%{args.slurm_max_parallel}" if args.slurm_max_parallel else "")
     template = Path(args.slurm_template).read_text() if args.slurm_template else SBATCH_TEMPLATE
     return Template(template).substitute(
         job_name=f"sweep-{manifest.parent.name}",
         array=array,
         cpus_per_task=args.slurm_cpus_per_task,
-        time=args.slurm_time,
-        log_dir=shlex.quote(str(log_dir)),
-        sbatch_options="\n".join(options),
-        workdir=shlex.quote(os.getcwd()),
-        python=shlex.quote(args.python),
-        sweep_py=shlex.quote(str(Path(__file__).resolve())),
-        manifest=shlex.quote(str(manifest)),
+        time=for_sbatch(args.slurm_time, "--slurm-time", directive=True),
+        log_dir=shlex.quote(for_sbatch(str(log_dir), "--output-dir (its slurm/ folder)", directive=True)),
+        sbatch_options="\n".join(f"#SBATCH {option}" for option in options),
+        workdir=shlex.quote(for_sbatch(os.getcwd(), "the working directory")),
+        python=shlex.quote(for_sbatch(args.python, "--python")),
+        sweep_py=shlex.quote(for_sbatch(str(Path(__file__).resolve()), "sweep.py's path")),
+        manifest=shlex.quote(for_sbatch(str(manifest), "--output-dir (its slurm/ folder)")),
     )
 
 
@@ -515,14 +679,16 @@ def absolute(run: Run) -> Run:
 
 def submit_slurm(args: Args, runs: list[Run]) -> int:
     """Write manifest.json + sweep.sbatch under {output_dir}/slurm/<timestamp>/ and submit the
-    unfinished runs as one array job. Returns sbatch's exit code."""
+    unfinished runs as one array job. Returns sbatch's exit code; SweepError (nothing written)
+    when a value would inject lines or options into the sbatch script."""
     todo = [absolute(r) for r in runs if plan(r)[0] != "skip"]
+    sweep_dir = Path(args.output_dir).resolve() / "slurm" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    manifest = sweep_dir / "manifest.json"
+    # built (and its values checked) before anything is printed or written
+    script = sbatch_script(args, len(todo), manifest, sweep_dir) if todo else ""
     print(f"[sweep] {len(runs) - len(todo)} of {len(runs)} runs finished already; {len(todo)} to submit", flush=True)
     if not todo:
         return 0
-    sweep_dir = Path(args.output_dir).resolve() / "slurm" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    manifest = sweep_dir / "manifest.json"
-    script = sbatch_script(args, len(todo), manifest, sweep_dir)
     command = ["sbatch", "--parsable"] + (["--wait"] if args.slurm_wait else []) + [str(sweep_dir / "sweep.sbatch")]
     if args.dry_run:
         print(script)
@@ -567,17 +733,19 @@ def main(args: Args) -> int:
         if args.workers < 1:
             raise SweepError("--workers must be at least 1")
         runs = runs_from_args(args)
-    except (SweepError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.slurm:
+            return submit_slurm(args, runs)
+    except SweepError as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
         return 2
-    if args.slurm:
-        return submit_slurm(args, runs)
     if args.dry_run:
         for run in runs:
             action, command = planned_command(run, args.python)
-            print(f"# {action}: {run.name}" + ("" if command else " (finished)"))
-            if command:
-                print(shlex.join(command))
+            lines = f"# {action}: {run.name}" + (f"\n{shlex.join(command)}" if command else " (finished)")
+            # one write per run: campaign_humanoid.sh's two lanes print into one pipe, and under
+            # PYTHONUNBUFFERED each print() is two writes (text, newline) the other lane can split
+            sys.stdout.write(lines + "\n")
+            sys.stdout.flush()
         return 0
     try:
         failed = run_local(runs, args.workers, args.threads, args.python)

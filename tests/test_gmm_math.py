@@ -177,6 +177,43 @@ def test_importance_corrected_target_is_exp_q_over_t_on_a_grid(proposal):
         assert errors[False] > 0.1, errors
 
 
+@pytest.mark.parametrize("mix", [0.25, 0.75])
+def test_mixed_proposal_log_q_is_the_f_weighted_mixture_over_actions(mix):
+    """--proposal mixed --importance-correction: the first f M samples come from pi_old, the rest
+    from N(0, I), and log q(a|s) is that of the mixture f pi_old + (1 - f) N(0, I) minus the squash's
+    log |da/du| (eq. (1) with its 1e-6). The reference is one torch.distributions MixtureSameFamily of
+    K + 1 components (weights f w_k and 1 - f), float64. f != 1/2, so swapping f and 1 - f fails."""
+    space = gym.spaces.Box(np.array([-1.0, 0.5], np.float32), np.array([3.0, 2.0], np.float32))
+    m = 8  # f M = 2 or 6: f is exactly `mix`
+    torch.manual_seed(0)
+    agent = agent_for(space, proposal="mixed", proposal_mix=mix, importance_correction=True, num_action_samples=m,
+                      num_components=3)
+    agent.actor.double()
+    obs = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        params = agent.actor.distribution_params(obs)
+        u, log_q = agent.propose(obs, params)
+    assert u.shape == (5, m, 2) and log_q.dtype == torch.float64
+    log_w, mean, log_std = params
+    b, _, a = mean.shape
+
+    def mixture_log_prob(f):
+        gaussian_weight = torch.full((b, 1), math.log(1 - f), dtype=torch.float64)
+        mixture = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=torch.cat([log_w + math.log(f), gaussian_weight], -1)),
+            torch.distributions.Independent(torch.distributions.Normal(
+                torch.cat([mean, torch.zeros(b, 1, a, dtype=torch.float64)], 1),
+                torch.cat([log_std.exp(), torch.ones(b, 1, a, dtype=torch.float64)], 1)), 1))
+        return mixture.log_prob(u.transpose(0, 1)).transpose(0, 1)  # [M, B] batch convention -> [B, M]
+
+    scale = torch.tensor([2.0, 0.75], dtype=torch.float64)  # (high - low) / 2
+    log_jacobian = torch.log(scale * (1 - torch.tanh(u) ** 2) + 1e-6).sum(-1)
+    expected = mixture_log_prob(mix) - log_jacobian
+    torch.testing.assert_close(log_q, expected, rtol=1e-10, atol=1e-10)
+    # the test can tell f from 1 - f: the GMM (std ~ e^-1.5) and N(0, I) differ on these samples
+    assert (log_q - (mixture_log_prob(1 - mix) - log_jacobian)).abs().max() > 0.3
+
+
 def test_kl_temperature_solves_the_dual():
     """The returned T gives weights whose mean KL to uniform is eps (the dual's optimality
     condition), and it scales with Q: the same problem with 100 x Q needs 100 x T."""

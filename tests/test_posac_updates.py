@@ -156,6 +156,41 @@ def test_temperature_step_follows_eq_8(entropy_gap):
     assert (agent.log_alpha.item() > before) == (entropy_gap > 0)
 
 
+def test_the_temperature_is_fitted_to_actor_0s_entropy_not_the_last_actors():
+    """Eq. (8) with three actors and --autotune: the actor step hands the temperature step actor 0's
+    log pi, so the alpha loss, its gradient and the logged entropy are actor 0's (from torch.distributions
+    on the same noise). Actor 2 is made much narrower than actor 0, so the last actor's log pi gives
+    another loss: fitting alpha to it fails here."""
+    agent = float64_agent(autotune=True)
+    with torch.no_grad():
+        agent.log_alpha.fill_(0.3)  # at log alpha = 0 (the start) the loss is 0 whatever log pi is
+        agent.actors[2].net[-1].bias[ACTION_DIM:].sub_(3.0)  # actor 2's raw log sigma: a narrower actor
+    actors = copy.deepcopy(agent.actors)
+    batch = float64_batch(seed=6)
+    losses = agent.critic_step(batch)
+    torch.manual_seed(9)
+    noise = torch.randn(3, BATCH, ACTION_DIM, dtype=torch.float64)  # actor_step's one draw, [N, B, A]
+    torch.manual_seed(9)
+    losses |= agent.actor_step(batch)
+    with torch.no_grad():
+        log_probs = []
+        for i, actor in enumerate(actors):
+            mean, log_std = actor.distribution_params(batch["obs"])
+            log_probs.append(tanh_gaussian_log_prob(mean + log_std.exp() * noise[i], mean, log_std.exp(),
+                                                    actor.action_scale))
+    target_entropy = -ACTION_DIM
+    expected, last = (-(0.3 * (lp + target_entropy)).mean().item() for lp in (log_probs[0], log_probs[-1]))
+    assert abs(expected - last) > 0.1, (expected, last)  # the test can tell the two actors apart
+    losses |= agent.temperature_step(losses["log_prob"])
+    assert losses["alpha_loss"].item() == pytest.approx(expected, rel=1e-4)
+    assert losses["alpha_loss"].item() != pytest.approx(last, rel=1e-2)
+    assert agent.log_alpha.grad.item() == pytest.approx(-(log_probs[0] + target_entropy).mean().item(), rel=1e-4)
+    scalars = pj.loss_scalars(losses, agent)
+    assert scalars["losses/alpha_loss"] == pytest.approx(expected, rel=1e-4)
+    assert scalars["losses/entropy"] == pytest.approx(-log_probs[0].mean().item(), rel=1e-4)
+    assert scalars["losses/entropy"] != pytest.approx(-log_probs[-1].mean().item(), rel=1e-2)
+
+
 def test_actions_use_the_boxs_scale_and_bias():
     """On an asymmetric box: the deterministic action is tanh(mu) * scale + bias, far-out u lands on
     the bounds, and acting draws the action `sample` draws from the same stream."""

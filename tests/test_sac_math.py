@@ -87,6 +87,27 @@ def test_actions_stay_in_asymmetric_box_and_centre_maps_to_bias():
     assert (actions[:, 0] < 1.0).any() and (actions[:, 0] > 1.0).any()
 
 
+@pytest.mark.parametrize("use_tanh", [True, False])
+def test_deterministic_action_is_the_squashed_mean_on_an_asymmetric_box(use_tanh):
+    """The evaluation action from the actor's mean output mu(s) (the first half of the trunk's
+    output), written out: tanh(mu) * scale + bias; with --no-use-tanh mu * scale + bias, NOT clipped
+    (the Args docstring: clipped only when sent to the env, which `evaluate` does). Means both
+    above 1 and below 0.5 in size, so tanh(mu), mu and clip(mu * scale + bias) all give other actions."""
+    low, high = [-1.0, 0.5], [3.0, 2.0]
+    actor = make_actor(low, high, use_tanh=use_tanh)
+    obs = torch.randn(64, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 4
+    with torch.no_grad():
+        mean = actor.net(obs)[:, :2]  # mu; the second half is the raw log sigma
+    assert mean.abs().max() > 1.0 and (mean.abs() < 0.5).any()  # both saturated and near-linear means
+    low_t, high_t = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+    scale, bias = (high_t - low_t) / 2, (high_t + low_t) / 2  # [2, 0.75], [1, 1.25]
+    expected = (torch.tanh(mean) if use_tanh else mean) * scale + bias
+    action = actor.deterministic_action(obs)
+    torch.testing.assert_close(action, expected, rtol=1e-12, atol=1e-12)
+    inside = (action > low_t) & (action < high_t)
+    assert inside.all() if use_tanh else not inside.all()  # without tanh the mean may leave the box
+
+
 def test_untanhed_policy_log_prob_is_gaussian_in_action_space():
     actor = make_actor([-2.0], [2.0], use_tanh=False, state_dependent_std=False)
     obs = torch.randn(10, 3, dtype=torch.float64)

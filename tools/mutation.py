@@ -118,7 +118,8 @@ GAUSS_CONSTANT = ("changes only the constant term of log q(u) of the gaussian pr
 UNIFORM_CONSTANT = "a constant factor in q(u) of the uniform proposal: the same offset for every sample, removed by the softmax"
 SEARCH = ("a finer, wider or shifted search grid of the bracketing search: T stays within the stated 0.04% of the exact "
           "root (tests/test_gmm_math.py checks that at several offsets and scales)")
-TIES = "differs only when a value equals the threshold exactly, an event of probability zero for continuous values"
+TIES = ("differs only when a float32 value equals the threshold exactly: about 2^-24 per comparison, rare but not "
+        "impossible, so not strictly equivalent (an accepted survivor: no test of bounded size meets a tie)")
 GRAD_U = ("the gradient with respect to the samples u: the scripts never differentiate through u (the proposals are "
           "drawn without gradient), so autograd discards it; the gradients used (mean, 1/sigma) are gradchecked")
 EQUIVALENT: list[tuple[str, str, str]] = [
@@ -192,7 +193,8 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("GMMActor.sample_u", "k = (uniform >= cumulative.unsqueeze(1))", TIES),
     ("GMMActor.sample_u", " " * 25 + ")", DTYPE + " (torch.rand without its dtype= line)"),
     ("GMMActor.sample_u", "mean.gather(1, index) - log_std.gather(1, index).exp() * noise",
-     "mu - sigma * eps has the law of mu + sigma * eps (eps is symmetric); sample and act still draw alike (both use sample_u)"),
+     "equivalent in distribution only: mu - sigma * eps has the law of mu + sigma * eps (eps is symmetric) and sample and "
+     "act still draw alike (both use sample_u), but a seed draws the mirror-image numbers (an accepted survivor)"),
     ("GMMAgent.critic_step", "if args.alpha >= 0:", "with alpha = 0, alpha * log pi is 0 either way, and sample() draws "
                                                      "the same next action as act()"),
     ("GMMAgent.critic_step", 'self.actor.act(batch["next_obs"]), 1.0', "this branch runs only with alpha = 0, which multiplies it"),
