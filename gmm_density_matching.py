@@ -239,7 +239,7 @@ def make_env(env_id: str, seed: int, video_folder: Optional[str] = None):
     def thunk():
         if video_folder is not None:
             env = gym.make(env_id, render_mode="rgb_array")
-            # the evaluation runs 2 * eval_episodes episodes per round; film the first of each
+            # films every episode it is given; the caller narrows that (evaluation: the first per policy)
             env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda ep: True,
                                            disable_logger=True)
         else:
@@ -836,8 +836,6 @@ import torch.utils._python_dispatch  # noqa: E402  (AllocationBudget)
 import zipfile  # noqa: E402
 from dataclasses import asdict, fields  # noqa: E402
 
-# the three scripts of this project; a checkpoint names the one that wrote it
-ALGORITHMS = ("sac_continuous", "gmm_density_matching", "posac_jko")
 # checkpoint layout version: 2 = plain data only (tensors, dicts, lists, numbers, strings), loaded
 # with torch.load(weights_only=True). Version 1 pickled NumPy's random state and cannot be loaded
 # that way.

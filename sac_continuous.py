@@ -33,8 +33,8 @@ variable, d termination flag -- never truncation --, gamma discount, tau Polyak 
 
 Sources: Haarnoja et al. 2018, "Soft Actor-Critic" (arXiv:1801.01290) and "Soft Actor-Critic
 Algorithms and Applications" (arXiv:1812.05905); the knobs follow a course codebase's SAC
-(actor_gradient_type, num_critic_networks, target_critic_backup_type, ...); the file layout,
-defaults where that source is silent, and metric names follow CleanRL's sac_continuous_action.py.
+(actor_gradient_type, num_critic_networks, target_critic_backup_type, ...); the defaults where
+that source is silent and the metric names follow CleanRL's sac_continuous_action.py.
 
 Run it:
     python sac_continuous.py --env-id Hopper-v4 --total-timesteps 1000000
@@ -236,7 +236,7 @@ def make_env(env_id: str, seed: int, video_folder: Optional[str] = None):
     def thunk():
         if video_folder is not None:
             env = gym.make(env_id, render_mode="rgb_array")
-            # the evaluation runs 2 * eval_episodes episodes per round; film the first of each
+            # films every episode it is given; the caller narrows that (evaluation: the first per policy)
             env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda ep: True,
                                            disable_logger=True)
         else:
@@ -660,7 +660,7 @@ def train(args: Args) -> dict:
                 actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
             else:
                 actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=run.device))
-                actions = np.clip(actions.cpu().numpy(), low, high)  # a no-op with tanh; needed without
+                actions = np.clip(actions.cpu().numpy(), low, high)  # float32 rounding at the bounds; mu without tanh
 
             # 2. step the environments; 3. store the transition with the TRUE next state and
             # d = termination (a truncated episode still bootstraps, eq. (2))
@@ -734,8 +734,6 @@ import torch.utils._python_dispatch  # noqa: E402  (AllocationBudget)
 import zipfile  # noqa: E402
 from dataclasses import asdict, fields  # noqa: E402
 
-# the three scripts of this project; a checkpoint names the one that wrote it
-ALGORITHMS = ("sac_continuous", "gmm_density_matching", "posac_jko")
 # checkpoint layout version: 2 = plain data only (tensors, dicts, lists, numbers, strings), loaded
 # with torch.load(weights_only=True). Version 1 pickled NumPy's random state and cannot be loaded
 # that way.

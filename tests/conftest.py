@@ -58,6 +58,15 @@ def run_script(script: str, *cli_args: str, timeout: float = 300, env_extra: dic
                           text=True, timeout=timeout, env=env, cwd=REPO)
 
 
+def run_main(module, argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """The script's own entry point in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [f"{module.ALGORITHM}.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
 def only_run_dir(output_dir: str) -> str:
     """The single run folder a script created under output_dir."""
     runs = sorted(glob.glob(os.path.join(str(output_dir), "*__*__*__*")))

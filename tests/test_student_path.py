@@ -14,22 +14,13 @@ import sys
 
 import pytest
 
-from conftest import REPO, only_run_dir, require_video, run_script, skip_unless_available
+from conftest import REPO, only_run_dir, require_video, run_main, run_script, skip_unless_available
 
 SCRIPTS = ("sac_continuous.py", "gmm_density_matching.py", "posac_jko.py")
 TINY = ["--env-id", "Pendulum-v1", "--total-timesteps", "250", "--learning-starts", "100", "--batch-size", "32",
         "--hidden-size", "32", "--eval-every", "0", "--eval-episodes", "1", "--log-every", "100"]
 EXTRA = {"posac_jko.py": ["--num-actors", "2", "--w2-weights", "0.0", "0.1"],
          "gmm_density_matching.py": ["--num-action-samples", "8"]}
-
-
-def run_main(module, argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """The script's own entry point in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", [f"{module.ALGORITHM}.py", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        module.main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def fingerprint(folder: str) -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, only_run_dir, read_csv
+from conftest import REPO, only_run_dir, read_csv, run_main
 
 SCRIPTS = ("sac_continuous.py", "gmm_density_matching.py", "posac_jko.py")
 TINY = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--random-steps", "100",
@@ -35,15 +35,6 @@ EXTRA = {"posac_jko.py": ["--num-actors", "2", "--w2-weights", "0.0", "0.1", "--
 
 def module_of(script: str):
     return importlib.import_module(script[:-3])
-
-
-def run_main(module, argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """The script's own entry point in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", [f"{module.ALGORITHM}.py", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        module.main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def run_limited(script: str, argv: list[str], memory_gb: float = 6.0, env_extra: dict | None = None
