@@ -1,4 +1,5 @@
 """POSAC: a JKO chain of Soft Actor-Critic actors with a closed-form W2 term, in one file.
+"The source" below: the POSAC document it implements (POGO carried to online SAC; see Sources).
 
 What it learns
 --------------
@@ -58,6 +59,8 @@ Run it:
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
@@ -136,7 +139,7 @@ class Args:
     cuda: bool = False
     """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
     compile: bool = False
-    """torch.compile the update steps: slower on a CPU; on a GPU add --cudagraphs (README, --compile)"""
+    """torch.compile the update steps; on a GPU add --cudagraphs (measured speed-ups: benchmark/README.md)"""
     cudagraphs: bool = False
     """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
     track: bool = False
@@ -146,7 +149,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the wandb entity (team); None uses your default"""
     capture_video: bool = False
-    """film each actor's first deterministic evaluation episode to `videos/` (checked before training)"""
+    """film each policy's first deterministic evaluation episode to `videos/` (needs moviepy; checked first)"""
     output_dir: str = "runs"
     """where run folders are created"""
     resume: Optional[str] = None
@@ -157,7 +160,7 @@ class Args:
     evaluate: Optional[str] = None
     """a run folder: play its latest checkpoint instead of training (README, --evaluate)"""
     config: Annotated[Optional[str], tyro.conf.arg(aliases=("-cfg",))] = None
-    """a YAML file of defaults (the command line wins): field names or CONFIG_KEYS' source names"""
+    """a YAML file of defaults (the command line wins): this script's field names, or the source's key names"""
     eval_every: int = 10_000
     """evaluate every this many env steps (0: only the final evaluation); ignored with --eval-freq"""
     eval_freq_episodes: Annotated[Optional[int], tyro.conf.arg(aliases=("--eval-freq",))] = None
@@ -238,13 +241,11 @@ def make_env(env_id: str, seed: int, video_folder: Optional[str] = None):
     """A thunk for gym.vector: the env with episode statistics (and optional video), seeded."""
 
     def thunk():
-        if video_folder is not None:
-            env = gym.make(env_id, render_mode="rgb_array")
-            # films every episode it is given; the caller narrows that (evaluation: the first per policy)
-            env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda ep: True,
-                                           disable_logger=True)
-        else:
+        if video_folder is None:
             env = gym.make(env_id)
+        else:  # films every episode; the evaluation narrows it to the first per policy
+            env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), video_folder,
+                                           episode_trigger=lambda ep: True, disable_logger=True)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env.action_space.seed(seed)
         return env
@@ -464,19 +465,6 @@ class ReplayBuffer:
         return {"obs": self.obs[index], "next_obs": self.next_obs[index], "actions": self.actions[index],
                 "rewards": self.rewards[index], "terminations": self.terminations[index]}
 
-    def state_dict(self) -> dict:
-        # only the filled rows, copied: torch.save writes a view's whole storage (all 1M rows)
-        names = ("obs", "next_obs", "actions", "rewards", "terminations")
-        return {**{name: getattr(self, name)[:self.size].to("cpu", copy=True) for name in names},
-                "position": self.position, "size": self.size, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        size = state["size"]
-        for name in ("obs", "next_obs", "actions", "rewards", "terminations"):
-            getattr(self, name)[:size] = state[name].to(self.device)
-        self.position, self.size = state["position"], size
-        self.generator.set_state(state["generator"])
-
 
 # =============================================================================================
 # The agent: networks, optimizers, one method per update part
@@ -605,25 +593,9 @@ class POSAC:
         self.alpha_optimizer.step()
         return {"alpha_loss": alpha_loss.detach()}
 
-    def state_dict(self) -> dict:
-        return {"actors": [actor.state_dict() for actor in self.actors], "critics": self.critics.state_dict(),
-                "target_critics": self.target_critics.state_dict(),
-                "actor_optimizer": self.actor_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(),
-                "log_alpha": self.log_alpha.detach().clone(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        for actor, actor_state in zip(self.actors, state["actors"], strict=True):
-            actor.load_state_dict(actor_state)
-        self.critics.load_state_dict(state["critics"])
-        self.target_critics.load_state_dict(state["target_critics"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        if self.alpha_optimizer is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+    # what a checkpoint keeps of the agent, restored in this order (Appendix A: agent_state)
+    CHECKPOINT_PARTS = ("actors", "critics", "target_critics", "actor_optimizer", "critic_optimizer",
+                        "log_alpha", "alpha_optimizer")
 
 
 Agent = POSAC  # the agent class by the name Appendix A uses (--evaluate builds one)
@@ -635,24 +607,31 @@ Agent = POSAC  # the agent class by the name Appendix A uses (--evaluate builds 
 def train(args: Args) -> dict:
     """Run (or resume) one POSAC training run; return its final figures (also in summary.json)."""
     action_space = validate_args(args)  # bad input: one `error:` line before any work
-    run = Run(args)  # Appendix A: device, seeding, --resume's checkpoint read and checked
+    device = pick_device(args.cuda)
+    checkpoint = read_resume_checkpoint(args)  # --resume's, read as data and checked (None: a new run)
+    seed_everything(args.seed, args.torch_deterministic)
     # SAME_STEP autoreset: an ended episode's last observation comes back in infos["final_obs"]
     envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(action_space.shape))
     low, high = action_space.low, action_space.high
-    agent = POSAC(args, obs_dim, action_space, run.device)
-    buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, run.device, seed=args.seed)
-    obs = run.start(agent, buffer, envs)  # restores a checkpoint; opens the run folder and its logs
+    agent = POSAC(args, obs_dim, action_space, device)
+    buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device, seed=args.seed)
+    # restore the checkpoint or create the run folder; args.json, the logs, the evaluation env
+    run, progress = open_run_folder(args, checkpoint, agent, buffer, device)
+    # a resumed run restarts its interrupted episode (the env state is not in the checkpoint)
+    obs, _ = envs.reset(seed=[args.seed + progress.global_step + i for i in range(args.num_envs)])
+    losses, nonfinite = {}, torch.zeros((), dtype=torch.bool, device=device)  # NaN/inf seen in a loss
 
-    with run:  # Ctrl-C / SIGTERM: finish this step, write the checkpoint, print the resume command
-        while run.keep_training():
+    with training_session(run, progress, envs) as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint
+        while progress.global_step < args.total_timesteps and stop.received is None:
+            iteration_start = time.time()
             # 1. act: uniformly random actions first, then actor 0's stochastic policy (for every actor)
-            if run.global_step < args.random_steps:
+            if progress.global_step < args.random_steps:
                 actions = np.random.uniform(low, high, size=(args.num_envs, action_dim)).astype(np.float32)
             else:
-                actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=run.device))
+                actions = agent.actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
                 actions = np.clip(actions.cpu().numpy(), low, high)  # float32 rounding at the bounds
 
             # 2. step the environments; 3. store the transition with the TRUE next state and
@@ -660,21 +639,42 @@ def train(args: Args) -> dict:
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             buffer.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
             obs = next_obs
-            run.count_env_steps(infos)
+            step_before, episodes_before = progress.global_step, progress.episodes
+            progress.global_step += args.num_envs
+            for episode_return, episode_length in finished_episodes(infos):
+                progress.episodes, progress.last_return = progress.episodes + 1, episode_return
+                run.logger.scalars(progress.global_step, {"charts/episodic_return": episode_return,
+                                                          "charts/episodic_length": episode_length})
 
             # 4. update (updates_per_step fresh batches): critics (2-3), targets (9), actors (4-7), alpha (8)
-            if run.global_step > args.learning_starts:
+            if progress.global_step > args.learning_starts:
                 for _ in range(args.updates_per_step):
                     batch = buffer.sample(args.batch_size)
                     losses = agent.critic_step(batch)
                     agent.target_update()
                     losses |= agent.actor_step(batch)
                     losses |= agent.temperature_step(losses["log_prob"])
-                    run.record_update(losses)
+                    nonfinite |= any_nonfinite(losses)
+                progress.train_time += time.time() - iteration_start  # train SPS: steps that updated
+                progress.train_steps += args.num_envs
 
-            run.log_evaluate_checkpoint()  # progress line, evaluation, checkpoint when due
-        run.finish()  # the final checkpoint and evaluation
-    return run.summary()
+            # 5. log, evaluate (every --eval-every steps, or the source's --eval-freq-episodes
+            # episodes) and checkpoint when the counter crosses a multiple of the period
+            step = progress.global_step
+            if crossed(step_before, step, args.log_every):
+                log_progress(run, progress, loss_scalars(losses, agent) if losses else {}, nonfinite)
+            evaluation_due = (crossed(step_before, step, args.eval_every) if args.eval_freq_episodes is None
+                              else crossed(episodes_before, progress.episodes, args.eval_freq_episodes))
+            if evaluation_due and step < args.total_timesteps:
+                stop_if_nonfinite(run, progress, nonfinite)
+                evaluate_policies(run, agent, step)
+            if crossed(step_before, step, args.checkpoint_every) and step < args.total_timesteps:
+                save_run_checkpoint(run, progress, agent, buffer, nonfinite)
+
+        save_run_checkpoint(run, progress, agent, buffer, nonfinite)  # the final checkpoint
+        interrupted = progress.global_step < args.total_timesteps
+        final_eval = [] if interrupted else evaluate_policies(run, agent, progress.global_step)
+    return finish_run(run, progress, final_eval, interrupted)  # summary.json, or the command to resume
 
 
 def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, float]:
@@ -711,12 +711,16 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, flo
 # command line. These lines are byte-identical in sac_continuous.py, gmm_density_matching.py and
 # posac_jko.py (tests/test_layout.py checks it; `python tools/sync_appendix.py` copies this
 # appendix from sac_continuous.py into the other two), so a fix lands in all three at once.
+# What only --compile / --cudagraphs, --capture-video and --config need is in run_extras.py,
+# imported only when one of them is given (see run_extras below).
 #
 # What it takes from Part 1, by name: ALGORITHM, Args (with the common fields), RESUME_MUST_MATCH,
 # PER_ACTOR_EVALUATION, CONFIG_KEYS and CONFIG_BASE (--config), validate_args, make_env, train,
-# loss_scalars(losses, agent), and `Agent`, the agent class, built as Agent(args, obs_dim,
-# action_space, device), with `policies` (the actors to evaluate), `state_dict()` and
-# `load_state_dict(state)`.
+# and `Agent`, the agent class, built as Agent(args, obs_dim, action_space, device), with
+# `policies` (the actors to evaluate) and CHECKPOINT_PARTS (its attributes a checkpoint keeps).
+# train() calls the run functions below in order: read_resume_checkpoint, open_run_folder,
+# training_session, finished_episodes, any_nonfinite, crossed, log_progress, evaluate_policies,
+# save_run_checkpoint, finish_run.
 import contextlib  # noqa: E402
 import csv  # noqa: E402
 import importlib.util  # noqa: E402
@@ -726,10 +730,7 @@ import random  # noqa: E402
 import reprlib  # noqa: E402
 import signal  # noqa: E402
 import stat  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 import typing  # noqa: E402
 import torch.utils._python_dispatch  # noqa: E402  (AllocationBudget)
 import zipfile  # noqa: E402
@@ -751,7 +752,7 @@ class NonFiniteLossError(RuntimeError):
 
 class NonFiniteDataError(NonFiniteLossError):
     """The environment returned a NaN or infinite observation or reward (raised by the replay
-    buffer before storing it, so no checkpoint ever holds it; Run adds the step to the message)."""
+    buffer before storing it, so no checkpoint ever holds it; training_session adds the step)."""
 
 
 # ---- argument checks every script shares -------------------------------------------------
@@ -787,13 +788,29 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
         raise ConfigError("--cudagraphs needs --cuda and --compile")
     if args.cudagraphs and not torch.cuda.is_available():
         raise ConfigError("--cudagraphs needs a CUDA GPU, and torch sees none on this machine")
+    if args.compile:
+        run_extras("--compile")  # a script copied without run_extras.py says so now, not after the checkpoint
     action_space = check_env(args.env_id)
     if args.capture_video:  # before any training: a video that cannot be written fails now, not at the end
-        problem = video_problem(args.env_id)
+        problem = run_extras("--capture-video").video_problem(args.env_id)
         if problem is not None:
             raise ConfigError(problem)
-        headless_rendering_env(os.environ)  # this run renders: the same backend the check used
+        run_extras("--capture-video").headless_rendering_env(os.environ)  # this run renders as the check did
     return action_space
+
+
+def run_extras(flag: str):
+    """run_extras.py, the module beside the scripts that only --compile / --cudagraphs,
+    --capture-video and --config need (imported only then, as CleanRL imports cleanrl_utils only
+    for --save-model): a script copied alone trains, resumes and evaluates without it."""
+    try:
+        import run_extras as extras
+    except ModuleNotFoundError as error:
+        if error.name != "run_extras":
+            raise
+        raise ConfigError(f"{flag} needs run_extras.py, which is not beside {ALGORITHM}.py: copy it there from "
+                          "this project (the script alone trains, resumes and evaluates without it)") from None
+    return extras
 
 
 def check_env(env_id: str) -> gym.spaces.Box:
@@ -833,265 +850,297 @@ def load_triton_before_opengl() -> None:
         pass
 
 
-# ---- one training run ----------------------------------------------------------------------
-class Run:
-    """The bookkeeping of one training run, so that Part 1's train() reads as the algorithm.
+# ---- one training run: the steps train() takes, as plain functions ---------------------------
+@dataclass
+class Progress:
+    """The training loop's counters: train() advances them, every checkpoint saves them."""
+    global_step: int = 0  # env steps taken, all envs together
+    episodes: int = 0  # training episodes finished
+    last_return: float = float("nan")  # the latest finished episode's return (the progress line)
+    train_time: float = 0.0  # seconds spent in the steps that updated: train SPS = train_steps / train_time
+    train_steps: int = 0
 
-        run = Run(args)                       # device, seeds, --resume's checkpoint (read as data, checked)
-        obs = run.start(agent, buffer, envs)  # restore the checkpoint, open the run folder and its files
-        with run:                             # Ctrl-C / SIGTERM finish the step; files closed at the end
-            while run.keep_training():
-                ...act, step, store...
-                run.count_env_steps(infos)    # the step counter and finished episodes
-                ...update...; run.record_update(losses)
-                run.log_evaluate_checkpoint()
-            run.finish()                      # final checkpoint, then the final evaluation
-        return run.summary()
-    """
 
-    def __init__(self, args: Args):
-        self.args = args
-        self.device = pick_device(args.cuda)
-        # read and check --resume's checkpoint BEFORE anything is created or changed
-        self.checkpoint = read_checkpoint(args.resume) if args.resume else None
-        if self.checkpoint is not None:
-            check_resume_args(self.checkpoint, args)
-            self.run_dir = os.path.dirname(os.path.abspath(self.checkpoint["path"]))
-            if not os.access(self.run_dir, os.W_OK | os.X_OK):
-                raise ConfigError(f"--resume {args.resume}: cannot write to {self.run_dir}")
+@dataclass
+class RunFolder:
+    """One run's folder and what is open in it (opened by open_run_folder, closed by training_session)."""
+    args: Args
+    path: str
+    logger: "RunLogger"  # metrics.csv, eval.csv, TensorBoard (and the POSAC arrays)
+    eval_env: gym.Env  # seeded apart from the training envs
+    eval_generator: torch.Generator  # the stochastic evaluation's own random stream
+    device: torch.device
+    closers: list
+    start_time: float  # for SPS: the wall clock and step at which this process started training
+    start_step: int
+    last_good_step: Optional[int]  # the step of the last checkpoint written or resumed from
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.path, "checkpoint.pt")
+
+
+def agent_state(agent) -> dict:
+    """The agent as a checkpoint keeps it: each of its CHECKPOINT_PARTS as plain data (a network's or
+    an optimizer's state_dict, a list of them for POSAC's actors, a tensor, a random generator's
+    state, a counter; None for an optimizer this run does not use)."""
+    state = {}
+    for name in agent.CHECKPOINT_PARTS:
+        part = getattr(agent, name)
+        if isinstance(part, nn.ModuleList):
+            state[name] = [module.state_dict() for module in part]
+        elif isinstance(part, (nn.Module, torch.optim.Optimizer)):
+            state[name] = part.state_dict()
+        elif isinstance(part, torch.Tensor):
+            state[name] = part.detach().clone()
+        elif isinstance(part, torch.Generator):
+            state[name] = part.get_state()
         else:
-            problem = writable_folder_problem(args.output_dir)
-            if problem is not None:
-                raise ConfigError(f"--output-dir {args.output_dir}: {problem}")
-        seed_everything(args.seed, args.torch_deterministic)
-        self.global_step, self.train_time, self.train_steps, self.episodes = 0, 0.0, 0, 0
-        self.last_return = float("nan")
-        self.losses: dict[str, torch.Tensor] = {}
-        # a non-finite loss flag accumulated on the device; read only at log/checkpoint time
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.interrupted, self.final_eval = False, []
-        self.closers: list = []
+            state[name] = part
+    return state
 
-    def start(self, agent, buffer, envs) -> np.ndarray:
-        """Restore a checkpoint into the agent and buffer (a checkpoint that does not fit them is a
-        ConfigError, raised before any file is touched), then create the run folder (or reopen
-        the checkpoint's), write args.json, open the logs and the evaluation env. Returns the
-        training envs' first observations."""
-        args, checkpoint = self.args, self.checkpoint
-        self.agent, self.buffer, self.envs = agent, buffer, envs
-        self.eval_generator = torch.Generator(device=self.device)
-        self.eval_generator.manual_seed(args.seed + 1)
-        previous_rows = None
-        if checkpoint is not None:
-            # a second --resume of this folder stops here; the lock lasts as long as this process
-            self.folder_lock = lock_run_folder(self.run_dir, f"--resume {args.resume}")
-            try:
-                previous_rows = self.restore(agent, buffer)
-            except BaseException:
-                self.release_folder()
-                raise
-        else:
-            self.run_dir = new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}")
-            self.folder_lock = lock_run_folder(self.run_dir, "--output-dir")
-        accelerate_updates(agent, args)  # --compile / --cudagraphs; after the checkpoint is loaded
-        self.run_name = os.path.basename(self.run_dir)
-        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
-        self.last_good_checkpoint_step = self.global_step if checkpoint is not None else None
-        if checkpoint is not None:
-            print(f"resumed {self.run_name} at step {self.global_step} from {checkpoint['path']}")
-        args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
-        atomic_write_text(os.path.join(self.run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
 
-        video_folder = os.path.join(self.run_dir, "videos") if args.capture_video else None
-        self.eval_env = make_env(args.env_id, args.seed + 100_000, video_folder)()
-        if video_folder is not None:  # film the first (deterministic) episode of every policy's evaluation
-            self.eval_env.env.episode_trigger = lambda episode: episode % (2 * args.eval_episodes) == 0
-        if args.track:
-            import wandb
+def load_agent_state(agent, state: dict) -> None:
+    """agent_state's inverse (the checkpoint was compared with agent_state(agent) before this)."""
+    for name in agent.CHECKPOINT_PARTS:
+        part, saved = getattr(agent, name), state[name]
+        if isinstance(part, nn.ModuleList):
+            for module, module_state in zip(part, saved, strict=True):
+                module.load_state_dict(module_state)
+        elif isinstance(part, (nn.Module, torch.optim.Optimizer)):
+            part.load_state_dict(saved)
+        elif isinstance(part, torch.Tensor):
+            with torch.no_grad():
+                part.copy_(saved)
+        elif isinstance(part, torch.Generator):
+            part.set_state(saved)
+        elif part is not None:
+            setattr(agent, name, saved)
 
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=asdict(args), name=self.run_name, id=self.run_name, resume="allow", save_code=True,
-                       dir=self.run_dir)  # wandb/ inside the run folder, not the working directory
-            self.closers.append(wandb.finish)
-        self.logger = RunLogger(self.run_dir, self.global_step if checkpoint is not None else None,
-                                len(agent.policies) if PER_ACTOR_EVALUATION else 0, previous_rows)
-        self.closers = [self.logger.close, envs.close, self.eval_env.close] + self.closers + [self.release_folder]
-        self.start_time, self.start_step = time.time(), self.global_step
-        if checkpoint is None:
-            obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
-        else:  # the env state is not in the checkpoint: the interrupted episode restarts
-            obs, _ = envs.reset(seed=[args.seed + self.global_step + i for i in range(args.num_envs)])
-        return obs
 
-    def restore(self, agent, buffer) -> dict:
-        """Load the checkpoint into the agent, buffer and random streams, and read the rows of the
-        folder's CSVs and arrays to keep. Every tensor is compared with what this run built BEFORE
-        anything is loaded, and every file is checked, before the first byte of the folder changes."""
-        args, checkpoint = self.args, self.checkpoint
-        problem = (state_problem(checkpoint["agent"], agent.state_dict(), "agent")
-                   or buffer_problem(checkpoint["replay_buffer"], buffer)
-                   or rng_problem(checkpoint["rng"])
-                   or state_problem(checkpoint["eval_generator"], self.eval_generator.get_state(), "eval_generator"))
-        try:
-            if problem is None:
-                agent.load_state_dict(checkpoint["agent"])
-                problem = optimizer_state_problem(agent)
-            if problem is None:
-                buffer.load_state_dict(checkpoint["replay_buffer"])
-                set_rng_states(checkpoint["rng"])
-                self.eval_generator.set_state(checkpoint["eval_generator"])
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-            problem = one_line(error)
+BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")  # the replay buffer's arrays
+
+
+def buffer_state(buffer) -> dict:
+    """The replay buffer's filled rows (copied: torch.save writes a view's whole storage, all 1M
+    rows), its write position and size, and its sampling generator's state."""
+    return {**{name: getattr(buffer, name)[:buffer.size].to("cpu", copy=True) for name in BUFFER_FIELDS},
+            "position": buffer.position, "size": buffer.size, "generator": buffer.generator.get_state()}
+
+
+def load_buffer_state(buffer, state: dict) -> None:
+    size = state["size"]
+    for name in BUFFER_FIELDS:
+        getattr(buffer, name)[:size] = state[name].to(buffer.device)
+    buffer.position, buffer.size = state["position"], size
+    buffer.generator.set_state(state["generator"])
+
+
+def read_resume_checkpoint(args: Args) -> Optional[dict]:
+    """--resume's checkpoint, read as data and checked against this command line (None for a new
+    run). The folder to write (the checkpoint's, or --output-dir) must be writable. Changes nothing."""
+    if not args.resume:
+        problem = writable_folder_problem(args.output_dir)
         if problem is not None:
-            raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run ({problem})")
-        for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
-            setattr(self, name, checkpoint[name])
-        # resumed at the end of its budget: the final evaluation (maybe cut short by a kill) runs
-        # again, so the rows it wrote at this step go, or they would appear twice
-        redo_step = self.global_step if self.global_step >= args.total_timesteps else None
-        return read_previous_rows(self.run_dir, self.global_step, redo_step,
-                                  len(agent.policies) if PER_ACTOR_EVALUATION else 0)
+            raise ConfigError(f"--output-dir {args.output_dir}: {problem}")
+        return None
+    checkpoint = read_checkpoint(args.resume)
+    check_resume_args(checkpoint, args)
+    run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"--resume {args.resume}: cannot write to {run_dir}")
+    return checkpoint
 
-    # ---- the loop ----------------------------------------------------------------------------
-    def __enter__(self) -> "Run":
-        self.stop = StopSignal().__enter__()
-        return self
 
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        self.stop.__exit__(exc_type, exc, traceback)
-        for close in self.closers:
-            close()
-        if isinstance(exc, NonFiniteDataError):  # the buffer refused it: say at which step
-            raise NonFiniteLossError(f"{exc} at step {self.global_step + self.args.num_envs}; stopped before "
-                                     f"storing it. Last good checkpoint: {self.last_good_checkpoint()}") from None
+def open_run_folder(args: Args, checkpoint: Optional[dict], agent, buffer, device: torch.device):
+    """Restore --resume's checkpoint into the agent, the buffer and the random streams (a checkpoint
+    that does not fit them is a ConfigError, raised before any file is touched) and reopen its
+    folder, or create a new one. Then lock the folder, write args.json, open the logs and the
+    evaluation env. Returns (RunFolder, Progress)."""
+    eval_generator = torch.Generator(device=device)
+    eval_generator.manual_seed(args.seed + 1)
+    progress, previous_rows = Progress(), None
+    if checkpoint is not None:
+        run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
+        # a second --resume of this folder stops here; the lock lasts as long as this process
+        folder_lock = lock_run_folder(run_dir, f"--resume {args.resume}")
+        try:
+            previous_rows = restore_checkpoint(args, checkpoint, agent, buffer, eval_generator, progress)
+        except BaseException:
+            os.close(folder_lock)
+            raise
+        print(f"resumed {os.path.basename(run_dir)} at step {progress.global_step} from {checkpoint['path']}")
+    else:
+        run_dir = new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}")
+        folder_lock = lock_run_folder(run_dir, "--output-dir")
+    if args.compile:  # --compile / --cudagraphs; after the checkpoint is loaded
+        run_extras("--compile").accelerate_updates(agent, args)
+    args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
+    atomic_write_text(os.path.join(run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
 
-    def release_folder(self) -> None:
-        os.close(self.folder_lock)
+    video_folder = os.path.join(run_dir, "videos") if args.capture_video else None
+    eval_env = make_env(args.env_id, args.seed + 100_000, video_folder)()
+    if video_folder is not None:  # film the first (deterministic) episode of every policy's evaluation
+        eval_env.env.episode_trigger = lambda episode: episode % (2 * args.eval_episodes) == 0
+    closers = []
+    if args.track:
+        import wandb
 
-    def keep_training(self) -> bool:
-        """False once the budget is spent or Ctrl-C / SIGTERM arrived (the step before finished)."""
-        if self.global_step >= self.args.total_timesteps:
-            return False
-        if self.stop.received is not None:
-            self.interrupted = True
-            return False
-        self.iteration_start, self.updated = time.time(), False
-        return True
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=asdict(args), name=os.path.basename(run_dir), id=os.path.basename(run_dir),
+                   resume="allow", save_code=True, dir=run_dir)  # wandb/ inside the run folder
+        closers.append(wandb.finish)
+    resume_step = progress.global_step if checkpoint is not None else None
+    logger = RunLogger(run_dir, resume_step, len(agent.policies) if PER_ACTOR_EVALUATION else 0, previous_rows)
+    closers = [logger.close, eval_env.close] + closers + [lambda: os.close(folder_lock)]
+    run = RunFolder(args, run_dir, logger, eval_env, eval_generator, device, closers, time.time(),
+                    progress.global_step, resume_step)
+    return run, progress
 
-    def count_env_steps(self, infos: dict) -> None:
-        """Advance the step counter by one vector step and note the episodes that just ended."""
-        self.finished = []
-        if "final_info" in infos:
-            stats = infos["final_info"]["episode"]
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                self.finished.append((float(stats["r"][i]), int(stats["l"][i])))
-        self.step_before, self.global_step = self.global_step, self.global_step + self.args.num_envs
 
-    def record_update(self, losses: dict[str, torch.Tensor]) -> None:
-        """Keep the latest update's losses (logged every --log-every steps) and watch for NaN/inf."""
-        self.losses, self.updated = losses, True
-        self.nonfinite |= ~torch.isfinite(losses["critic_loss"]) | ~torch.isfinite(losses["actor_loss"])
+def restore_checkpoint(args: Args, checkpoint: dict, agent, buffer, eval_generator, progress: Progress) -> dict:
+    """Load the checkpoint into the agent, buffer, random streams and counters, and read the rows of
+    the folder's CSVs and arrays to keep. Every tensor is compared with what this run built BEFORE
+    anything is loaded, and every file is checked, before the first byte of the folder changes."""
+    problem = (state_problem(checkpoint["agent"], agent_state(agent), "agent")
+               or buffer_problem(checkpoint["replay_buffer"], buffer)
+               or rng_problem(checkpoint["rng"])
+               or state_problem(checkpoint["eval_generator"], eval_generator.get_state(), "eval_generator"))
+    try:
+        if problem is None:
+            load_agent_state(agent, checkpoint["agent"])
+            problem = optimizer_state_problem(agent)
+        if problem is None:
+            load_buffer_state(buffer, checkpoint["replay_buffer"])
+            set_rng_states(checkpoint["rng"])
+            eval_generator.set_state(checkpoint["eval_generator"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        problem = one_line(error)
+    if problem is not None:
+        raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run ({problem})")
+    for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
+        setattr(progress, name, checkpoint[name])
+    # resumed at the end of its budget: the final evaluation (maybe cut short by a kill) runs
+    # again, so the rows it wrote at this step go, or they would appear twice
+    redo_step = progress.global_step if progress.global_step >= args.total_timesteps else None
+    return read_previous_rows(os.path.dirname(os.path.abspath(checkpoint["path"])), progress.global_step, redo_step,
+                              len(agent.policies) if PER_ACTOR_EVALUATION else 0)
 
-    def log_evaluate_checkpoint(self) -> None:
-        """After each vector step: episode returns, the progress line and losses every --log-every
-        steps, evaluation every --eval-every steps (or --eval-freq episodes, where the script has
-        it), a checkpoint every --checkpoint-every steps."""
-        args, step, before = self.args, self.global_step, self.step_before
-        if self.updated:
-            self.train_time += time.time() - self.iteration_start
-            self.train_steps += args.num_envs
-        episodes_before = self.episodes
-        for episode_return, episode_length in self.finished:
-            self.episodes, self.last_return = self.episodes + 1, episode_return
-            self.logger.scalars(step, {"charts/episodic_return": episode_return, "charts/episodic_length": episode_length})
-        if crossed(before, step, args.log_every):
-            self.stop_if_nonfinite()
-            sps = (step - self.start_step) / max(time.time() - self.start_time, 1e-9)
-            scalars = {"charts/SPS": sps}
-            if self.losses:
-                scalars.update(loss_scalars(self.losses, self.agent))
-            self.logger.scalars(step, scalars)
-            eta = (args.total_timesteps - step) / max(sps, 1e-9)
-            print(f"step {step}/{args.total_timesteps} | SPS {sps:.0f} | last return {self.last_return:.2f} | "
-                  f"episodes {self.episodes} | ETA {format_duration(eta)}", flush=True)
-        episodes_every = getattr(args, "eval_freq_episodes", None)  # POSAC's source schedule, in episodes
-        if episodes_every is not None:
-            evaluation_due = crossed(episodes_before, self.episodes, episodes_every)
-        else:
-            evaluation_due = crossed(before, step, args.eval_every)
-        if evaluation_due and step < args.total_timesteps:
-            self.stop_if_nonfinite()
-            self.evaluate(step)
-        if crossed(before, step, args.checkpoint_every) and step < args.total_timesteps:
-            self.save_checkpoint()
 
-    def stop_if_nonfinite(self) -> None:
-        if bool(self.nonfinite):
-            raise NonFiniteLossError(f"a loss became NaN or infinite by step {self.global_step}; stopped without "
-                                     f"saving the broken networks. Last good checkpoint: {self.last_good_checkpoint()}")
+@contextlib.contextmanager
+def training_session(run: RunFolder, progress: Progress, envs):
+    """Around the loop: Ctrl-C / SIGTERM become a flag the loop checks (`stop.received`), so the step
+    finishes and the checkpoint is written; the envs and files close however the loop ends; a NaN
+    that the environment returned is reported with its step."""
+    with StopSignal() as stop:
+        try:
+            yield stop
+        except NonFiniteDataError as error:  # the buffer refused it: say at which step
+            raise NonFiniteLossError(f"{error} at step {progress.global_step + envs.num_envs}; stopped before "
+                                     f"storing it. Last good checkpoint: {last_good_checkpoint(run)}") from None
+        finally:
+            for close in [envs.close] + run.closers:
+                close()
 
-    def last_good_checkpoint(self) -> str:
-        if self.last_good_checkpoint_step is None:
-            return "none was written yet"
-        return f"{self.checkpoint_path} (step {self.last_good_checkpoint_step})"
 
-    def save_checkpoint(self) -> None:
-        """Everything --resume needs, as plain data, written atomically; never broken networks."""
-        self.stop_if_nonfinite()
-        state = {"format": CHECKPOINT_FORMAT, "algorithm": ALGORITHM, "args": asdict(self.args),
-                 "global_step": self.global_step, "train_time": self.train_time, "train_steps": self.train_steps,
-                 "episodes": self.episodes, "last_return": self.last_return, "agent": self.agent.state_dict(),
-                 "replay_buffer": self.buffer.state_dict(), "rng": rng_states(),
-                 "eval_generator": self.eval_generator.get_state()}
-        save_checkpoint(self.checkpoint_path, state)
-        self.last_good_checkpoint_step = self.global_step
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of every training episode that ended at this vector step."""
+    if "final_info" not in infos:
+        return []
+    stats = infos["final_info"]["episode"]
+    return [(float(stats["r"][i]), int(stats["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
-    def evaluate(self, step: int) -> list[dict]:
-        """Every policy, deterministic then stochastic, on the separately seeded evaluation env."""
-        args, results = self.args, []
-        if PER_ACTOR_EVALUATION:
-            print(f"Evaluation over {args.eval_episodes} episodes (step {step}):", flush=True)
-        for i, policy in enumerate(self.agent.policies):
-            means = {}
-            for mode in ("deterministic", "stochastic"):
-                returns = evaluate(policy, self.eval_env, args.eval_episodes, args.seed + 100_000,
-                                   mode == "deterministic", self.device, self.eval_generator)
-                self.logger.evaluation(step, i, mode, returns)
-                means[mode] = float(returns.mean())
-                results.append({"policy": i, "mode": mode, "mean_return": means[mode],
-                                "std_return": float(returns.std()), "episodes": len(returns)})
-                if PER_ACTOR_EVALUATION:
-                    print(f"  Actor {i} - {mode.capitalize()}: {means[mode]:.2f}", flush=True)
+
+def any_nonfinite(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A flag on the device: is this update's critic or actor loss NaN or infinite? The loop ORs it
+    into `nonfinite`, read only when logging, evaluating or checkpointing (no wait on the GPU)."""
+    return ~torch.isfinite(losses["critic_loss"]) | ~torch.isfinite(losses["actor_loss"])
+
+
+def crossed(step_before: int, step_after: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (step_before, step_after]: with N envs the step
+    counter moves N at a time and may jump over the exact multiple."""
+    return every > 0 and step_after // every > step_before // every
+
+
+def log_progress(run: RunFolder, progress: Progress, loss_values: dict[str, float], nonfinite: torch.Tensor) -> None:
+    """Every --log-every steps: SPS and the latest losses to metrics.csv and TensorBoard, and the
+    progress line."""
+    stop_if_nonfinite(run, progress, nonfinite)
+    step, total = progress.global_step, run.args.total_timesteps
+    sps = (step - run.start_step) / max(time.time() - run.start_time, 1e-9)
+    run.logger.scalars(step, {"charts/SPS": sps, **loss_values})
+    print(f"step {step}/{total} | SPS {sps:.0f} | last return {progress.last_return:.2f} | episodes "
+          f"{progress.episodes} | ETA {format_duration((total - step) / max(sps, 1e-9))}", flush=True)
+
+
+def stop_if_nonfinite(run: RunFolder, progress: Progress, nonfinite: torch.Tensor) -> None:
+    if bool(nonfinite):
+        raise NonFiniteLossError(f"a loss became NaN or infinite by step {progress.global_step}; stopped without "
+                                 f"saving the broken networks. Last good checkpoint: {last_good_checkpoint(run)}")
+
+
+def last_good_checkpoint(run: RunFolder) -> str:
+    if run.last_good_step is None:
+        return "none was written yet"
+    return f"{run.checkpoint_path} (step {run.last_good_step})"
+
+
+def save_run_checkpoint(run: RunFolder, progress: Progress, agent, buffer, nonfinite: torch.Tensor) -> None:
+    """Everything --resume needs, as plain data, written atomically; never broken networks."""
+    stop_if_nonfinite(run, progress, nonfinite)
+    state = {"format": CHECKPOINT_FORMAT, "algorithm": ALGORITHM, "args": asdict(run.args),
+             "global_step": progress.global_step, "train_time": progress.train_time,
+             "train_steps": progress.train_steps, "episodes": progress.episodes, "last_return": progress.last_return,
+             "agent": agent_state(agent), "replay_buffer": buffer_state(buffer), "rng": rng_states(),
+             "eval_generator": run.eval_generator.get_state()}
+    save_checkpoint(run.checkpoint_path, state)
+    run.last_good_step = progress.global_step
+
+
+def evaluate_policies(run: RunFolder, agent, step: int) -> list[dict]:
+    """Every policy, deterministic then stochastic, on the separately seeded evaluation env; the
+    means go to eval.csv, TensorBoard and the console."""
+    args, results = run.args, []
+    if PER_ACTOR_EVALUATION:
+        print(f"Evaluation over {args.eval_episodes} episodes (step {step}):", flush=True)
+    for i, policy in enumerate(agent.policies):
+        means = {}
+        for mode in ("deterministic", "stochastic"):
+            returns = evaluate(policy, run.eval_env, args.eval_episodes, args.seed + 100_000,
+                               mode == "deterministic", run.device, run.eval_generator)
+            run.logger.evaluation(step, i, mode, returns)
+            means[mode] = float(returns.mean())
+            results.append({"policy": i, "mode": mode, "mean_return": means[mode],
+                            "std_return": float(returns.std()), "episodes": len(returns)})
             if PER_ACTOR_EVALUATION:
-                self.logger.actor_array(step, i, means["deterministic"], means["stochastic"])
-        if not PER_ACTOR_EVALUATION:
-            det, sto = results[0], results[1]
-            print(f"eval at step {step}: deterministic {det['mean_return']:.2f} +- {det['std_return']:.2f}"
-                  f" | stochastic {sto['mean_return']:.2f} +- {sto['std_return']:.2f}", flush=True)
-        return results
+                print(f"  Actor {i} - {mode.capitalize()}: {means[mode]:.2f}", flush=True)
+        if PER_ACTOR_EVALUATION:
+            run.logger.actor_array(step, i, means["deterministic"], means["stochastic"])
+    if not PER_ACTOR_EVALUATION:
+        det, sto = results[0], results[1]
+        print(f"eval at step {step}: deterministic {det['mean_return']:.2f} +- {det['std_return']:.2f}"
+              f" | stochastic {sto['mean_return']:.2f} +- {sto['std_return']:.2f}", flush=True)
+    return results
 
-    def finish(self) -> None:
-        """The final checkpoint; then the final evaluation, or the command that resumes the run."""
-        self.save_checkpoint()
-        if self.interrupted:
-            command = " ".join([os.path.basename(sys.argv[0]) or f"{ALGORITHM}.py"] +
-                               strip_resume_flag(sys.argv[1:]) + ["--resume", self.run_dir])
-            print(f"stopped at step {self.global_step}; checkpoint written to {self.checkpoint_path}.\n"
-                  f"Resume with: python {command}", file=sys.stderr, flush=True)
-        else:
-            self.final_eval = self.evaluate(self.global_step)
 
-    def summary(self) -> dict:
-        """The run's final figures; written to summary.json when the run completed."""
-        wall_time = time.time() - self.start_time
-        summary = {"algorithm": ALGORITHM, "env_id": self.args.env_id, "seed": self.args.seed,
-                   "global_step": self.global_step, "total_timesteps": self.args.total_timesteps,
-                   "sps": (self.global_step - self.start_step) / max(wall_time, 1e-9),
-                   "train_sps": self.train_steps / self.train_time if self.train_time > 0 else float("nan"),
-                   "wall_time_s": wall_time, "peak_rss_mb": peak_resident_mb(), "final_eval": self.final_eval}
-        if not self.interrupted:
-            atomic_write_text(os.path.join(self.run_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
-        return {**summary, "run_dir": self.run_dir, "interrupted": self.interrupted}
+def finish_run(run: RunFolder, progress: Progress, final_eval: list[dict], interrupted: bool) -> dict:
+    """The run's final figures, written to summary.json when it completed; an interrupted run prints
+    the command that resumes it instead."""
+    args, wall_time = run.args, time.time() - run.start_time
+    if interrupted:
+        command = " ".join([os.path.basename(sys.argv[0]) or f"{ALGORITHM}.py"] +
+                           strip_resume_flag(sys.argv[1:]) + ["--resume", run.path])
+        print(f"stopped at step {progress.global_step}; checkpoint written to {run.checkpoint_path}.\n"
+              f"Resume with: python {command}", file=sys.stderr, flush=True)
+    summary = {"algorithm": ALGORITHM, "env_id": args.env_id, "seed": args.seed,
+               "global_step": progress.global_step, "total_timesteps": args.total_timesteps,
+               "sps": (progress.global_step - run.start_step) / max(wall_time, 1e-9),
+               "train_sps": progress.train_steps / progress.train_time if progress.train_time > 0 else float("nan"),
+               "wall_time_s": wall_time, "peak_rss_mb": peak_resident_mb(), "final_eval": final_eval}
+    if not interrupted:
+        atomic_write_text(os.path.join(run.path, "summary.json"), lambda f: json.dump(summary, f, indent=2))
+    return {**summary, "run_dir": run.path, "interrupted": interrupted}
 
 
 def peak_resident_mb() -> float:
@@ -1103,12 +1152,6 @@ def peak_resident_mb() -> float:
         return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def crossed(step_before: int, step_after: int, every: int) -> bool:
-    """True when a multiple of `every` lies in (step_before, step_after]: with N envs the step
-    counter moves N at a time and may jump over the exact multiple."""
-    return every > 0 and step_after // every > step_before // every
 
 
 # ---- outputs: TensorBoard, metrics.csv, eval.csv -------------------------------------------
@@ -1390,7 +1433,7 @@ CHECKPOINT_FIELDS = {"format": int, "algorithm": str, "args": dict, "global_step
 
 def checkpoint_problem(checkpoint) -> Optional[str]:
     """What is wrong with a loaded checkpoint's structure, or None. The networks' and buffer's
-    own shapes are checked when they are loaded (Run.start)."""
+    own shapes are checked when they are loaded (open_run_folder)."""
     if not isinstance(checkpoint, dict):
         return f"holds a {type(checkpoint).__name__}, not a checkpoint"
     found = checkpoint.get("algorithm")
@@ -1535,7 +1578,7 @@ def optimizer_dict_problem(saved, fresh: dict, where: str) -> Optional[str]:
 
 
 def optimizer_state_problem(agent) -> Optional[str]:
-    """After load_state_dict: every optimizer's per-parameter state has its parameter's shape (the
+    """After load_agent_state: every optimizer's per-parameter state has its parameter's shape (the
     loaded entries could not be compared earlier, the fresh optimizers have none yet). Finite too:
     checked here, once the shapes are known to be those of the parameters."""
     optimizers = [item for value in vars(agent).values()
@@ -1556,7 +1599,7 @@ def buffer_problem(saved, buffer) -> Optional[str]:
     """The saved replay buffer against this run's (empty) one: `size` and `position` integers in
     range and consistent (a ring filled from row 0: position == size until it is full), each array
     exactly `size` rows of this run's row shape and dtype, finite."""
-    fresh = buffer.state_dict()
+    fresh = buffer_state(buffer)
     if not isinstance(saved, dict) or set(saved) != set(fresh):
         return "its replay buffer does not hold this script's arrays"
     size, position = saved["size"], saved["position"]
@@ -1722,165 +1765,6 @@ def pick_device(want_cuda: bool) -> torch.device:
     return torch.device("cpu")
 
 
-# ---- --compile and --cudagraphs: the SAME update methods, compiled and replayed -----------------
-# Part 1's update methods are the only version of the algorithm. --compile hands each of them to
-# torch.compile as it is (graph breaks at backward() and the optimizer included); --cudagraphs then
-# records each compiled method once as a CUDA graph and replays it: one launch instead of hundreds
-# of small kernels, which is where a GPU loses its time at these network sizes (LeanRL's recipe).
-UPDATE_METHODS = ("critic_step", "actor_step", "temperature_step")
-
-
-def compile_errors() -> tuple:
-    """A missing or broken C/C++ compiler or Triton, or an operation the compiler rejects
-    (imported only when needed: importing the compiler stack takes a second)."""
-    import torch._dynamo.exc
-    import torch._inductor.exc
-    return (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError,
-            torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)
-
-
-def accelerate_updates(agent, args: Args) -> None:
-    """Swap the agent's update methods for compiled (and CUDA-graphed) versions of themselves."""
-    if not args.compile:
-        return
-    # compiled random ops call the same ATen kernels as eager ones: the same seed draws the same
-    # noise, so a compiled run follows an eager one (tests/test_compile.py) and resumes either way
-    import torch._inductor.config
-    torch._inductor.config.fallback_random = True
-    if args.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
-        for value in vars(agent).values():
-            for optimizer in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(optimizer, torch.optim.Optimizer):
-                    for group in optimizer.param_groups:
-                        group["capturable"] = True
-    print("notice: --compile: the first updates compile the update step (tens of seconds)"
-          + (", then record it as CUDA graphs" if args.cudagraphs else ""), file=sys.stderr)
-    compiled_steps = []  # shared: if one fails to compile, all fall back together
-    for name in UPDATE_METHODS:
-        if hasattr(agent, name):
-            step = CompiledStep(getattr(agent, name), name, compiled_steps)
-            setattr(agent, name, CudaGraphStep(step, agent) if args.cudagraphs else step)
-
-
-class CompiledStep:
-    """torch.compile(method). If compiling fails (it fails before the update changes anything):
-    one notice line, and this and the agent's other update methods run eagerly from then on."""
-
-    def __init__(self, method, name: str, all_steps: list):
-        self.eager, self.name, self.all_steps = method, name, all_steps
-        # a run's shapes never change (fixed batch and networks): dynamic=False keeps torch.compile
-        # from retrying with symbolic shapes when another agent of other sizes is compiled in the
-        # same process (a test session, a notebook), which fails in torch 2.13 and so ran eagerly
-        self.compiled = torch.compile(method, dynamic=False)
-        all_steps.append(self)
-
-    def __call__(self, *inputs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*inputs)
-            except compile_errors() as error:
-                print(f"notice: --compile: compiling {self.name} failed, so the updates run eagerly "
-                      f"({one_line(error)[:300]})", file=sys.stderr)
-                for step in self.all_steps:
-                    step.compiled = None
-        return self.eager(*inputs)
-
-
-class CudaGraphStep:
-    """Run `step` a few times on a side stream (compilation, cuBLAS and optimizer state are set up
-    outside the graph), then record it once as a CUDA graph and from then on replay it.
-
-    The graph reads fixed input tensors (each call copies its batch into them) and writes fixed
-    output tensors: the losses it returns are overwritten by the next replay, and the training
-    loop only ever reads the latest ones. Random draws advance the generators on each replay."""
-    WARMUP_CALLS = 3
-
-    def __init__(self, step, agent):
-        self.step, self.calls, self.graph, self.nothing_to_record = step, 0, None, False
-        # the agent's own generators (e.g. SAC's redq subset) must be known to the graph
-        self.generators = [value for value in vars(agent).values() if isinstance(value, torch.Generator)
-                           and value.device.type == "cuda"]
-
-    def __call__(self, inputs):
-        if self.graph is not None:
-            copy_into(self.static_inputs, inputs)
-            self.graph.replay()
-            return dict(self.static_outputs)  # a new dict (the loop adds to it), the same tensors
-        if self.nothing_to_record:  # e.g. temperature_step with a fixed alpha: no GPU work at all
-            return self.step(inputs)
-        self.calls += 1
-        if self.calls <= self.WARMUP_CALLS:
-            side_stream = torch.cuda.Stream()
-            side_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side_stream):
-                outputs = self.step(inputs)
-            torch.cuda.current_stream().wait_stream(side_stream)
-            self.nothing_to_record = outputs == {}
-            return outputs
-        self.static_inputs = clone_tensors(inputs)
-        self.graph = torch.cuda.CUDAGraph()
-        for generator in self.generators:
-            self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self.static_outputs = self.step(self.static_inputs)
-        self.graph.replay()  # recording runs nothing: this replay is the update of this call
-        return dict(self.static_outputs)
-
-
-def clone_tensors(value):
-    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
-
-
-def copy_into(static, value) -> None:
-    for key in static if isinstance(static, dict) else [None]:
-        target, source = (static[key], value[key]) if key is not None else (static, value)
-        if target.data_ptr() != source.data_ptr():
-            target.copy_(source)
-
-
-# ---- --capture-video: check before training that the video can be written ------------------
-RENDER_PROBE = """
-import sys
-import gymnasium as gym
-env = gym.make(sys.argv[1], render_mode="rgb_array")
-env.reset(seed=0)
-frame = env.render()
-assert frame is not None and frame.size > 0, "render() returned no frame"
-env.close()
-"""
-
-
-def headless_rendering_env(environ) -> dict:
-    """`environ` with MUJOCO_GL=osmesa where there is no display and MUJOCO_GL is not set (MuJoCo
-    then renders on the CPU); os.environ itself for the run that is about to render."""
-    if "DISPLAY" not in environ:
-        environ.setdefault("MUJOCO_GL", "osmesa")
-    return environ
-
-
-def video_problem(env_id: str) -> Optional[str]:
-    """Why --capture-video cannot work here (None when it can): the video writer (moviepy) must be
-    installed and the env must render one frame headless. The frame is rendered in a child
-    process, so a missing OpenGL library cannot crash or litter this one."""
-    try:
-        import moviepy  # noqa: F401
-    except ImportError:
-        return "--capture-video needs moviepy to write the videos: pip install -e \".[video]\" (or pip install moviepy)"
-    child_env = headless_rendering_env(dict(os.environ))  # this process's environment is left as it is
-    try:
-        probe = subprocess.run([sys.executable, "-c", RENDER_PROBE, env_id], capture_output=True, text=True,
-                               timeout=300, env=child_env)
-    except subprocess.TimeoutExpired:
-        return f"--capture-video: rendering one frame of {env_id} did not finish in 300 s"
-    if probe.returncode == 0:
-        return None
-    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
-    reason = lines[-1] if lines else f"exit code {probe.returncode}"
-    return (f"--capture-video: {env_id} cannot render here ({reason[:200]}). MuJoCo renders headless with "
-            f"MUJOCO_GL={child_env.get('MUJOCO_GL', 'glfw')}: for osmesa install OSMesa (apt-get install "
-            "libosmesa6); on an NVIDIA machine use MUJOCO_GL=egl; with a display unset MUJOCO_GL")
-
-
 # ---- --evaluate: play a saved run's policies -------------------------------------------------
 def evaluate_saved_run(cli_args: Args) -> dict:
     """--evaluate RUN_FOLDER: load the run's latest checkpoint (as data, checked) and its settings
@@ -1900,10 +1784,10 @@ def evaluate_saved_run(cli_args: Args) -> dict:
     # the networks are as large as args.json says: build them within what the checkpoint holds
     with AllocationBudget(stored_bytes(checkpoint["agent"]) + 2**24, f"--evaluate {cli_args.evaluate}"):
         agent = Agent(args, obs_dim, action_space, device)
-    problem = state_problem(checkpoint["agent"], agent.state_dict(), "agent")
+    problem = state_problem(checkpoint["agent"], agent_state(agent), "agent")
     try:
         if problem is None:
-            agent.load_state_dict(checkpoint["agent"])
+            load_agent_state(agent, checkpoint["agent"])
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
         problem = one_line(error)
     if problem is not None:
@@ -2004,75 +1888,7 @@ class AllocationBudget(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-# ---- --config FILE.yaml: a file of defaults, e.g. the course's experiment files -------------
-def config_defaults(argv: list[str]) -> Optional[Args]:
-    """The Args a `--config FILE.yaml` (or `-cfg FILE`) in argv stands for, None without one.
-
-    The file's keys set the defaults and the command line still wins. A key is a field of Args
-    (snake_case) or a name from CONFIG_KEYS (Part 1: the source's names, e.g. the course's
-    env_name, total_steps, discount); `base_config`, if present, must name this script's
-    CONFIG_BASE. An unknown key or a value of the wrong type is one ConfigError naming the key."""
-    path = None
-    for i, item in enumerate(argv):
-        if item in ("--config", "-cfg") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif item.startswith("--config="):
-            path = item.split("=", 1)[1]
-    if path is None:
-        return None
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError("--config needs PyYAML: pip install pyyaml") from None
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        """yaml.safe_load's loader (data only: it builds no Python objects) that refuses a key given
-        twice, where safe_load would silently keep the last one."""
-
-    def unique_mapping(loader, node, deep=False):
-        keys = [loader.construct_object(key_node, deep=deep) for key_node, _ in node.value]
-        repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
-        if repeated:
-            raise ConfigError(f"--config {path}: the key {short(repeated[0])} is given twice")
-        return loader.construct_mapping(node, deep)
-
-    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, unique_mapping)
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_TEXT_BYTES + 1)
-        if len(text) > MAX_TEXT_BYTES:
-            raise ValueError(f"larger than {MAX_TEXT_BYTES} bytes")
-        values = yaml.load(text.decode("utf-8"), Loader=UniqueKeyLoader)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as error:  # ValueError: not UTF-8; TypeError: a list as a key
-        raise ConfigError(f"--config {path}: cannot read it ({one_line(error)})") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of keys to values, got a {type(values).__name__}")
-    hints = typing.get_type_hints(Args, include_extras=True)
-    settings: dict = {}
-    for key, value in values.items():
-        if key == "base_config":
-            if value != CONFIG_BASE:
-                raise ConfigError(f"--config {path}: base_config '{value}' is not this script's ('{CONFIG_BASE}')")
-            continue
-        target, implied = CONFIG_KEYS.get(key, (key, {}))
-        if target not in hints or target in ("config", "resume", "evaluate"):
-            raise ConfigError(f"--config {path}: unknown key {short(key)}")
-        if not value_fits(value, hints[target]):
-            raise ConfigError(f"--config {path}: {short(key)} must be {type_name(hints[target])}, got {short(value)}")
-        if target == "env_id" and ":" in value:
-            raise ConfigError(f"--config {path}: the env '{value[:100]}' imports the module before ':'; a file may "
-                              f"only name registered envs. If you trust that module, pass --env-id {value[:100]}")
-        settings[target] = list(value) if isinstance(value, list) else value
-        for name, implied_value in implied.items():
-            settings.setdefault(name, implied_value)
-    for name, value in settings.items():
-        if isinstance(value, list):
-            settings[name] = tuple(value)
-    return Args(**settings, config=path)
-
-
+# ---- a value read from a file against an Args field's type (args.json, --config) ----------
 def value_fits(value, hint) -> bool:
     """Whether a YAML value fits an Args field's type (bool is not an int; an int is a float)."""
     origin, inner = typing.get_origin(hint), typing.get_args(hint)
@@ -2107,6 +1923,17 @@ def type_name(hint) -> str:
 
 
 # ---- the command line ----------------------------------------------------------------------
+def config_path(argv: list[str]) -> Optional[str]:
+    """The FILE of `--config FILE` (or `-cfg FILE`, `--config=FILE`) in argv; None without one."""
+    path = None
+    for i, item in enumerate(argv):
+        if item in ("--config", "-cfg") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif item.startswith("--config="):
+            path = item.split("=", 1)[1]
+    return path
+
+
 def strip_resume_flag(argv: list[str]) -> list[str]:
     """argv without an existing --resume and its value (the message adds the right one)."""
     out, skip = [], False
@@ -2126,7 +1953,8 @@ def main() -> None:
     loss, 2 bad input (one `error:` line, before any work), 130 interrupted by Ctrl-C / SIGTERM
     (after writing the checkpoint)."""
     try:
-        defaults = config_defaults(sys.argv[1:])
+        path = config_path(sys.argv[1:])  # --config FILE.yaml: the file's values become the defaults
+        defaults = run_extras("--config").config_defaults(sys.modules[__name__], path) if path else None
         args = tyro.cli(Args, description=__doc__.split("\n\n")[0], default=defaults)
         if args.evaluate is not None and args.resume is not None:
             raise ConfigError("--evaluate and --resume exclude each other")

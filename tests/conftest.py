@@ -46,9 +46,11 @@ def skip_unless_available(problem: str | None) -> None:
     pytest.skip(problem)
 
 
-def require_video(module, env_id: str) -> None:
-    """Skip (or fail in CI) unless `module`'s own --capture-video preflight passes for env_id."""
-    skip_unless_available(module.video_problem(env_id))
+def require_video(env_id: str) -> None:
+    """Skip (or fail in CI) unless the scripts' --capture-video preflight (run_extras.py) passes for env_id."""
+    import run_extras
+
+    skip_unless_available(run_extras.video_problem(env_id))
 
 
 def run_script(script: str, *cli_args: str, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -178,3 +178,35 @@ def test_checkpoint_saves_only_the_filled_rows_of_the_buffer(tmp_path, script):
     for name, array in arrays.items():
         assert len(array) == 200 and stored_bytes(array) == array.numel() * array.element_size(), name
     assert os.path.getsize(path) < 1_000_000, f"{os.path.getsize(path)} bytes"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_checkpoint_keeps_every_network_optimizer_and_generator_of_the_agent(script):
+    """Every network, optimizer, random generator and trainable tensor that the agent holds is named in
+    its CHECKPOINT_PARTS (a forgotten one would restart from scratch on --resume, silently), and
+    load_agent_state(agent_state(...)) carries a trained agent's values into a fresh one."""
+    module = importlib.import_module(script[:-3])
+    args = module.Args(env_id="Pendulum-v1", hidden_size=16)
+    if hasattr(args, "autotune"):  # so the temperature's optimizer exists
+        args.autotune = True
+    if hasattr(module, "parse_w2_weights"):
+        args.num_actors, args.w2_weights = 2, module.parse_w2_weights(("0.0", "0.1"))
+    space = module.check_env("Pendulum-v1")
+    torch.manual_seed(0)
+    agent = module.Agent(args, 3, space, torch.device("cpu"))
+    stateful = (torch.nn.Module, torch.optim.Optimizer, torch.Generator)
+    held = {name for name, value in vars(agent).items()
+            if isinstance(value, stateful) or (isinstance(value, torch.Tensor) and value.requires_grad)}
+    assert held <= set(module.Agent.CHECKPOINT_PARTS), held - set(module.Agent.CHECKPOINT_PARTS)
+    with torch.no_grad():  # change every parameter, then check that a fresh agent takes the values
+        for name in module.Agent.CHECKPOINT_PARTS:
+            if isinstance(getattr(agent, name), torch.nn.Module):
+                for parameter in getattr(agent, name).parameters():
+                    parameter.add_(1.0)
+    torch.manual_seed(1)
+    fresh = module.Agent(args, 3, space, torch.device("cpu"))
+    module.load_agent_state(fresh, module.agent_state(agent))
+    for name in module.Agent.CHECKPOINT_PARTS:
+        if isinstance(getattr(agent, name), torch.nn.Module):
+            for a, b in zip(getattr(agent, name).parameters(), getattr(fresh, name).parameters(), strict=True):
+                assert torch.equal(a, b), name

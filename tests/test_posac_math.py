@@ -165,9 +165,9 @@ def test_agent_state_round_trip_restores_every_actor_and_optimizer(tmp_path):
     for step in range(3):
         full_update(trained, random_batch(seed=step))
     path = str(tmp_path / "checkpoint.pt")
-    pj.save_checkpoint(path, {"agent": trained.state_dict()})
+    pj.save_checkpoint(path, {"agent": pj.agent_state(trained)})
     restored = posac_agent(2, seed=99, autotune=True)  # different init
-    restored.load_state_dict(torch.load(path, weights_only=True)["agent"])  # plain data, as --resume loads it
+    pj.load_agent_state(restored, torch.load(path, weights_only=True)["agent"])  # plain data, as --resume loads it
     for i in range(2):
         for name, value in trained.actors[i].state_dict().items():
             assert torch.equal(restored.actors[i].state_dict()[name], value)

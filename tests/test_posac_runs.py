@@ -131,7 +131,7 @@ def test_actor_0_is_the_one_that_acts(tmp_path):
     run_dir = pj.train(args)["run_dir"]
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     agent = pj.POSAC(args, 3, pj.check_env("Pendulum-v1"), torch.device("cpu"))
-    agent.load_state_dict(checkpoint["agent"])
+    pj.load_agent_state(agent, checkpoint["agent"])
     buffer = checkpoint["replay_buffer"]
     actor = agent.actors[0]
     u = torch.atanh(((buffer["actions"] - actor.action_bias) / actor.action_scale).clamp(-1 + 1e-6, 1 - 1e-6))

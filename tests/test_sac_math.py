@@ -114,7 +114,7 @@ def test_untanhed_policy_log_prob_is_gaussian_in_action_space():
     mean, log_std = actor.distribution_params(obs)
     u = mean + 0.3
     expected = D.Normal(mean * 2.0, log_std.exp() * 2.0).log_prob(u * 2.0).sum(-1)
-    torch.testing.assert_close(actor.log_prob((u - mean) / log_std.exp(), log_std, None), expected)
+    torch.testing.assert_close(actor.log_prob_from_noise((u - mean) / log_std.exp(), log_std, None), expected)
 
 
 def test_critic_ensemble_equals_separate_mlps():

@@ -211,7 +211,7 @@ def test_cuda_flag_falls_back_to_cpu_with_a_notice(tmp_path):
 
 
 def test_capture_video_writes_mp4(tmp_path):
-    require_video(sac, "InvertedPendulum-v4")  # skips on a bare machine, saying why (fails in CI)
+    require_video("InvertedPendulum-v4")  # skips on a bare machine, saying why (fails in CI)
     args = tiny(tmp_path, env_id="InvertedPendulum-v4", total_timesteps=150, capture_video=True, eval_episodes=1)
     run_dir = sac.train(args)["run_dir"]
     assert_video_written(run_dir)

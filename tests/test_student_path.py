@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+import run_extras
 from conftest import REPO, only_run_dir, require_video, run_main, run_script, skip_unless_available
 
 SCRIPTS = ("sac_continuous.py", "gmm_density_matching.py", "posac_jko.py")
@@ -83,7 +84,7 @@ def test_evaluate_fails_cleanly_on_a_missing_or_wrong_folder(script, finished_ru
 
 
 def test_evaluate_films_every_episode_under_videos(tmp_path):
-    require_video(importlib.import_module("sac_continuous"), "InvertedPendulum-v4")
+    require_video("InvertedPendulum-v4")
     tiny = [a if a != "Pendulum-v1" else "InvertedPendulum-v4" for a in TINY]
     result = run_script("sac_continuous.py", *tiny, "--output-dir", str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr
@@ -100,7 +101,7 @@ def test_capture_video_without_rendering_is_one_line_before_any_work(script, tmp
     folder. Where rendering works, ../shared/tools/bare-machine (as root) hides OSMesa first."""
     command = [sys.executable, os.path.join(REPO, script), "--env-id", "InvertedPendulum-v4", "--capture-video",
                "--output-dir", str(tmp_path / "out")]
-    if importlib.import_module(script[:-3]).video_problem("InvertedPendulum-v4") is None:
+    if run_extras.video_problem("InvertedPendulum-v4") is None:
         tool = os.path.join(os.path.dirname(REPO), "shared", "tools", "bare-machine")
         skip_unless_available(None if os.path.exists(tool) and os.geteuid() == 0 else
                               "rendering works here; hiding OSMesa needs ../shared/tools/bare-machine run as root")
@@ -114,9 +115,8 @@ def test_capture_video_without_rendering_is_one_line_before_any_work(script, tmp
 
 
 def test_capture_video_without_moviepy_names_the_extra(monkeypatch):
-    module = importlib.import_module("sac_continuous")
     monkeypatch.setitem(sys.modules, "moviepy", None)  # `import moviepy` now fails as if not installed
-    assert 'pip install -e ".[video]"' in module.video_problem("InvertedPendulum-v4")
+    assert 'pip install -e ".[video]"' in run_extras.video_problem("InvertedPendulum-v4")
 
 
 # ---- --config ------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ COURSE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 @pytest.mark.parametrize("config", COURSE_CONFIGS, ids=os.path.basename)
 def test_the_course_experiment_files_load_and_run(config, tmp_path, monkeypatch, capsys):
     sac = importlib.import_module("sac_continuous")
-    defaults = sac.config_defaults(["--config", config])
+    defaults = run_extras.config_defaults(sac, config)
     assert defaults.env_id in ("Pendulum-v1", "HalfCheetah-v4") and not defaults.autotune  # a fixed temperature
     short = ["--total-timesteps", "120", "--learning-starts", "60", "--random-steps", "60", "--batch-size", "16",
              "--hidden-size", "16", "--eval-every", "0", "--eval-episodes", "1", "--log-every", "60"]
@@ -146,7 +146,7 @@ def test_course_names_map_to_this_scripts_flags(tmp_path):
     path.write_text("base_config: sac\nenv_name: Hopper-v4\ntotal_steps: 5000\ndiscount: 0.9\ntraining_starts: 100\n"
                     "soft_target_update_rate: 0.01\ntemperature: 0.3\nuse_entropy_bonus: false\n"
                     "actor_gradient_type: reinforce\nnum_actor_samples: 4\n")
-    args = sac.config_defaults(["-cfg", str(path)])
+    args = run_extras.config_defaults(sac, sac.config_path(["-cfg", str(path)]))
     assert (args.env_id, args.total_timesteps, args.gamma, args.learning_starts, args.tau, args.alpha) == \
         ("Hopper-v4", 5000, 0.9, 100, 0.01, 0.3)
     assert not args.use_entropy_bonus and not args.autotune and args.actor_gradient_type == "reinforce"
@@ -175,7 +175,7 @@ def test_posac_reads_its_sources_names_from_a_config_file(tmp_path):
     path = tmp_path / "posac.yaml"
     path.write_text("env_name: Hopper-v4\nnum_steps: 20000\neval_freq: 10\nautomatic_entropy_tuning: true\n"
                     "num_actors: 2\nw2_weights: [0.0, 0.1]\nlr: 0.0003\nstart_steps: 3000\n")
-    args = posac.config_defaults(["--config", str(path)])
+    args = run_extras.config_defaults(posac, posac.config_path(["--config", str(path)]))
     assert (args.env_id, args.total_timesteps, args.eval_freq_episodes, args.autotune, args.num_actors) == \
         ("Hopper-v4", 20000, 10, True, 2)
     assert (args.random_steps, args.learning_starts) == (3000, None)  # start_steps: random actions only
@@ -220,7 +220,7 @@ raise ImportError("a stand-in for Triton, acting as if absent")
 def test_triton_is_loaded_before_osmesa_brings_mesa_s_llvm(script, cli_args, tmp_path):
     """MUJOCO_GL=osmesa set by the user (a common setting on headless machines): MuJoCo loads
     OSMesa, and with it Mesa's LLVM, when it is first imported, i.e. at the run's first env."""
-    require_video(importlib.import_module("sac_continuous"), "InvertedPendulum-v4")  # OSMesa renders here
+    require_video("InvertedPendulum-v4")  # OSMesa renders here
     (tmp_path / "fake" / "triton").mkdir(parents=True)
     (tmp_path / "fake" / "triton" / "__init__.py").write_text(FAKE_TRITON)
     log = tmp_path / "triton_imports.log"

@@ -8,6 +8,7 @@ line's own bad values (non-finite floats, seeds, config files, folders that cann
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib
 import json
@@ -37,11 +38,22 @@ def module_of(script: str):
     return importlib.import_module(script[:-3])
 
 
+@functools.lru_cache(maxsize=None)
+def imports_address_space() -> int:
+    """The address space (bytes) a child takes once it has imported what a script imports: PyPI's CUDA
+    build of torch maps several GB of libraries at import, the CPU wheel far less, so the caps below
+    are headroom above this, not absolute sizes (0 where /proc cannot tell)."""
+    probe = subprocess.run([sys.executable, "-c", "import gymnasium, numpy, torch, tyro\n"
+                            "print(open('/proc/self/status').read())"], capture_output=True, text=True, timeout=300)
+    peak = [line.split()[1] for line in probe.stdout.splitlines() if line.startswith("VmPeak:")]
+    return int(peak[0]) * 1024 if peak else 0
+
+
 def run_limited(script: str, argv: list[str], memory_gb: float = 6.0, env_extra: dict | None = None
                 ) -> subprocess.CompletedProcess:
-    """The script as a user runs it, in a child whose address space is capped (a refused allocation
-    fails there instead of taking the machine)."""
-    limit = int(memory_gb * 2**30)
+    """The script as a user runs it, in a child whose address space is capped at `memory_gb` above
+    what its imports take (a refused allocation fails there instead of taking the machine)."""
+    limit = imports_address_space() + int(memory_gb * 2**30)
 
     def restrict():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

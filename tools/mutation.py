@@ -61,7 +61,7 @@ EQUATIONS_START = "# The equations"
 EQUATIONS_END = "class ReplayBuffer"
 EXTRA_FUNCTIONS = {
     "sac_continuous.py": [
-        "Actor.distribution_params", "Actor.squash", "Actor.log_prob", "Actor.sample",
+        "Actor.distribution_params", "Actor.squash", "Actor.log_prob_from_noise", "Actor.sample",
         "SAC.critic_step", "SAC.target_update", "SAC.actor_step", "SAC.temperature_step",
     ],
     "posac_jko.py": [
@@ -82,7 +82,7 @@ ALLOWED_DECORATORS = {"torch.no_grad()", "torch.no_grad", "staticmethod", "class
 
 # Paths mutmut copies into mutants/ besides the scripts, tests/, pyproject.toml and setup.cfg
 # (copied always): add data files here if new tests read them.
-ALSO_COPY: list[str] = []
+ALSO_COPY: list[str] = ["run_extras.py"]  # the scripts' optional module (--compile, --config, video)
 
 # What `[tool.mutmut]` would say. Keys as in mutmut 3.8's configuration.py.
 MUTMUT_CONFIG = {
@@ -137,7 +137,7 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("backup_target_q", "if generator is None else next_q.device", DEVICE),
     ("backup_target_q", "subset.to(None)", DEVICE),
     ("Actor.distribution_params", "out.chunk(2, dim=+1)", DIM),
-    ("Actor.log_prob", "log_density.sum(+1)", DIM),
+    ("Actor.log_prob_from_noise", "log_density.sum(+1)", DIM),
     ("Actor.sample", "noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)", DEVICE),
     ("Actor.sample", "tanh_u = torch.tanh(u) if (self.use_tanh) or True else None",
      "computes tanh(u) also without tanh squashing, where log_prob and the action ignore it"),

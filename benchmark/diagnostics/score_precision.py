@@ -52,7 +52,7 @@ def compare_scoring(checkpoint_path: str, num_states: int = 1024, seed: int = 0,
     action_space = gmm.check_env(args.env_id)
     buffer = checkpoint["replay_buffer"]
     agent = gmm.GMMAgent(args, buffer["obs"].shape[1], action_space, torch.device("cpu"))
-    agent.load_state_dict(checkpoint["agent"])
+    gmm.load_agent_state(agent, checkpoint["agent"])
     agent.proposal_generator.manual_seed(seed)
 
     generator = torch.Generator().manual_seed(seed)
