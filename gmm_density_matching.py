@@ -112,7 +112,7 @@ class Args:
     tau: Annotated[float, tyro.conf.arg(aliases=("--soft-target-update-rate",))] = 0.005
     """Polyak rate of the EMA target critics, eq. (12)"""
     alpha: float = 0.0
-    """entropy weight in the critic target, eq. (10); 0 (the default): the source writes no entropy term"""
+    """entropy weight in the target, eq. (10): > 0 makes Q a soft Q-function; 0 (default): the source has none"""
     # ---- algorithm: the GMM actor ----------------------------------------------------------
     num_components: Annotated[int, tyro.conf.arg(aliases=("-k",))] = 4
     """K, mixture components of the actor, eq. (1); 4 as in SAC-GMM (haarnoja/sac)"""
@@ -133,11 +133,11 @@ class Args:
     temperature: float = 1.0
     """T of eq. (4) with --temperature-mode fixed"""
     kl_bound: float = 0.5
-    """eps of eq. (7) with --temperature-mode kl: the weights' mean KL to uniform, in nats, below log M"""
+    """eps of eq. (7), --temperature-mode kl: the weights' mean KL to uniform in nats, in (0, log M) (log M: one-hot)"""
     score_dtype: Literal["float32", "bfloat16"] = "float32"
     """number format of the M-sample scoring pass's hidden-layer products (the actor update's main cost):
     bfloat16 rounds each action's deviation from a per-state float32 reference to 8 bits. Faster with
-    bfloat16 matrix units (AMX / AVX512-BF16 CPUs, recent GPUs); opt-in: it moves the weights p_i slightly"""
+    bfloat16 units (AMX / AVX512-BF16 CPUs, recent GPUs), slower where emulated; opt-in: moves p_i slightly"""
     entropy_coef: Annotated[float, tyro.conf.arg(aliases=("--lambda",))] = 0.01
     """lambda of eq. (5), the weight of the std regulariser -sum_k w_k sum_j log sigma_kj; in [0, 1):
     for one Gaussian the fitted variance is the weighted sample variance times 1 / (1 - lambda);
@@ -812,8 +812,8 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: GMMAgent) -> dict[str, 
 # command line. These lines are byte-identical in sac_continuous.py, gmm_density_matching.py and
 # posac_jko.py (tests/test_layout.py checks it; `python tools/sync_appendix.py` copies this
 # appendix from sac_continuous.py into the other two), so a fix lands in all three at once.
-# What only --compile / --cudagraphs, --capture-video and --config need is in run_extras.py,
-# imported only when one of them is given (see run_extras below).
+# What only --capture-video and --config need is in run_extras.py, imported only when one of
+# them is given (see run_extras below).
 #
 # What it takes from Part 1, by name: ALGORITHM, Args (with the common fields), RESUME_MUST_MATCH,
 # PER_ACTOR_EVALUATION, CONFIG_KEYS and CONFIG_BASE (--config), validate_args, make_env, train,
@@ -889,8 +889,6 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
         raise ConfigError("--cudagraphs needs --cuda and --compile")
     if args.cudagraphs and not torch.cuda.is_available():
         raise ConfigError("--cudagraphs needs a CUDA GPU, and torch sees none on this machine")
-    if args.compile:
-        run_extras("--compile")  # a script copied without run_extras.py says so now, not after the checkpoint
     action_space = check_env(args.env_id)
     if args.capture_video:  # before any training: a video that cannot be written fails now, not at the end
         problem = run_extras("--capture-video").video_problem(args.env_id)
@@ -901,9 +899,9 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
 
 
 def run_extras(flag: str):
-    """run_extras.py, the module beside the scripts that only --compile / --cudagraphs,
-    --capture-video and --config need (imported only then, as CleanRL imports cleanrl_utils only
-    for --save-model): a script copied alone trains, resumes and evaluates without it."""
+    """run_extras.py, the module beside the scripts that only --capture-video and --config need
+    (imported only then, as CleanRL imports cleanrl_utils only for --save-model): a script copied
+    alone trains, resumes, compiles and evaluates without it."""
     try:
         import run_extras as extras
     except ModuleNotFoundError as error:
@@ -1074,8 +1072,7 @@ def open_run_folder(args: Args, checkpoint: Optional[dict], agent, buffer, devic
     else:
         run_dir = new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}")
         folder_lock = lock_run_folder(run_dir, "--output-dir")
-    if args.compile:  # --compile / --cudagraphs; after the checkpoint is loaded
-        run_extras("--compile").accelerate_updates(agent, args)
+    accelerate_updates(agent, args)  # --compile / --cudagraphs; after the checkpoint is loaded
     args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
     atomic_write_text(os.path.join(run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
 
@@ -1864,6 +1861,122 @@ def pick_device(want_cuda: bool) -> torch.device:
     if want_cuda:
         print("notice: --cuda was given but CUDA is not available; training on the CPU", file=sys.stderr)
     return torch.device("cpu")
+
+
+# ---- --compile and --cudagraphs: the SAME update methods, compiled and replayed -----------------
+# Part 1's update methods are the only version of the algorithm. --compile hands each of them to
+# torch.compile as it is (graph breaks at backward() and the optimizer included); --cudagraphs then
+# records each compiled method once as a CUDA graph and replays it: one launch instead of hundreds
+# of small kernels, which is where a GPU loses its time at these network sizes (LeanRL's recipe).
+UPDATE_METHODS = ("critic_step", "actor_step", "temperature_step")
+
+
+def compile_errors() -> tuple:
+    """A missing or broken C/C++ compiler or Triton, or an operation the compiler rejects
+    (imported only when needed: importing the compiler stack takes a second)."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+    return (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError,
+            torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)
+
+
+def accelerate_updates(agent, args: Args) -> None:
+    """Swap the agent's update methods for compiled (and CUDA-graphed) versions of themselves."""
+    if not args.compile:
+        return
+    # compiled random ops call the same ATen kernels as eager ones: the same seed draws the same
+    # noise, so a compiled run follows an eager one (tests/test_compile.py) and resumes either way
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True
+    if args.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
+        for value in vars(agent).values():
+            for optimizer in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(optimizer, torch.optim.Optimizer):
+                    for group in optimizer.param_groups:
+                        group["capturable"] = True
+    print("notice: --compile: the first updates compile the update step (tens of seconds)"
+          + (", then record it as CUDA graphs" if args.cudagraphs else ""), file=sys.stderr)
+    compiled_steps = []  # shared: if one fails to compile, all fall back together
+    for name in UPDATE_METHODS:
+        if hasattr(agent, name):
+            step = CompiledStep(getattr(agent, name), name, compiled_steps)
+            setattr(agent, name, CudaGraphStep(step, agent) if args.cudagraphs else step)
+
+
+class CompiledStep:
+    """torch.compile(method). If compiling fails (it fails before the update changes anything):
+    one notice line, and this and the agent's other update methods run eagerly from then on."""
+
+    def __init__(self, method, name: str, all_steps: list):
+        self.eager, self.name, self.all_steps = method, name, all_steps
+        # a run's shapes never change (fixed batch and networks): dynamic=False keeps torch.compile
+        # from retrying with symbolic shapes when another agent of other sizes is compiled in the
+        # same process (a test session, a notebook), which fails in torch 2.13 and so ran eagerly
+        self.compiled = torch.compile(method, dynamic=False)
+        all_steps.append(self)
+
+    def __call__(self, *inputs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*inputs)
+            except compile_errors() as error:
+                print(f"notice: --compile: compiling {self.name} failed, so the updates run eagerly "
+                      f"({one_line(error)[:300]})", file=sys.stderr)
+                for step in self.all_steps:
+                    step.compiled = None
+        return self.eager(*inputs)
+
+
+class CudaGraphStep:
+    """Run `step` a few times on a side stream (compilation, cuBLAS and optimizer state are set up
+    outside the graph), then record it once as a CUDA graph and from then on replay it.
+
+    The graph reads fixed input tensors (each call copies its batch into them) and writes fixed
+    output tensors: the losses it returns are overwritten by the next replay, and the training
+    loop only ever reads the latest ones. Random draws advance the generators on each replay."""
+    WARMUP_CALLS = 3
+
+    def __init__(self, step, agent):
+        self.step, self.calls, self.graph, self.nothing_to_record = step, 0, None, False
+        # the agent's own generators (e.g. SAC's redq subset) must be known to the graph
+        self.generators = [value for value in vars(agent).values() if isinstance(value, torch.Generator)
+                           and value.device.type == "cuda"]
+
+    def __call__(self, inputs):
+        if self.graph is not None:
+            copy_into(self.static_inputs, inputs)
+            self.graph.replay()
+            return dict(self.static_outputs)  # a new dict (the loop adds to it), the same tensors
+        if self.nothing_to_record:  # e.g. temperature_step with a fixed alpha: no GPU work at all
+            return self.step(inputs)
+        self.calls += 1
+        if self.calls <= self.WARMUP_CALLS:
+            side_stream = torch.cuda.Stream()
+            side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side_stream):
+                outputs = self.step(inputs)
+            torch.cuda.current_stream().wait_stream(side_stream)
+            self.nothing_to_record = outputs == {}
+            return outputs
+        self.static_inputs = clone_tensors(inputs)
+        self.graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            self.graph.register_generator_state(generator)
+        with torch.cuda.graph(self.graph):
+            self.static_outputs = self.step(self.static_inputs)
+        self.graph.replay()  # recording runs nothing: this replay is the update of this call
+        return dict(self.static_outputs)
+
+
+def clone_tensors(value):
+    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
+
+
+def copy_into(static, value) -> None:
+    for key in static if isinstance(static, dict) else [None]:
+        target, source = (static[key], value[key]) if key is not None else (static, value)
+        if target.data_ptr() != source.data_ptr():
+            target.copy_(source)
 
 
 # ---- --evaluate: play a saved run's policies -------------------------------------------------

@@ -1,11 +1,9 @@
-"""The optional part of the three scripts: what only --compile / --cudagraphs, --capture-video and
---config need. A script imports this module only when one of those flags is given (as CleanRL's
-scripts import cleanrl_utils only for --save-model), so a script copied alone into an empty folder
-still trains, logs, checkpoints, resumes and --evaluates; with one of these flags it says, in one
-`error:` line, to copy this file beside it.
+"""The optional part of the three scripts: what only --capture-video and --config need. A script
+imports this module only when one of those flags is given (as CleanRL's scripts import cleanrl_utils
+only for --save-model), so a script copied alone into an empty folder still trains, logs,
+checkpoints, resumes, compiles and --evaluates; with one of these flags it says, in one `error:`
+line, to copy this file beside it.
 
-    --compile / --cudagraphs   accelerate_updates: the agent's own update methods, torch.compiled
-                               and replayed as CUDA graphs (the eager methods stay the algorithm)
     --capture-video            video_problem: moviepy installed and the env renders headless,
                                checked before any training
     --config FILE.yaml         config_defaults: a file of defaults (the course's experiment files)
@@ -18,130 +16,6 @@ import subprocess
 import sys
 import typing
 from typing import Optional
-
-import torch
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message (torch's can run to a page)."""
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
-
-
-# ---- --compile and --cudagraphs: the SAME update methods, compiled and replayed -----------------
-# The script's update methods are the only version of the algorithm. --compile hands each of them to
-# torch.compile as it is (graph breaks at backward() and the optimizer included); --cudagraphs then
-# records each compiled method once as a CUDA graph and replays it: one launch instead of hundreds
-# of small kernels, which is where a GPU loses its time at these network sizes (LeanRL's recipe).
-UPDATE_METHODS = ("critic_step", "actor_step", "temperature_step")
-
-
-def compile_errors() -> tuple:
-    """A missing or broken C/C++ compiler or Triton, or an operation the compiler rejects
-    (imported only when needed: importing the compiler stack takes a second)."""
-    import torch._dynamo.exc
-    import torch._inductor.exc
-    return (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError,
-            torch._inductor.exc.InvalidCxxCompiler, torch._inductor.exc.CppCompileError)
-
-
-def accelerate_updates(agent, args) -> None:
-    """Swap the agent's update methods for compiled (and CUDA-graphed) versions of themselves."""
-    if not args.compile:
-        return
-    # compiled random ops call the same ATen kernels as eager ones: the same seed draws the same
-    # noise, so a compiled run follows an eager one (tests/test_compile.py) and resumes either way
-    import torch._inductor.config
-    torch._inductor.config.fallback_random = True
-    if args.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
-        for value in vars(agent).values():
-            for optimizer in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(optimizer, torch.optim.Optimizer):
-                    for group in optimizer.param_groups:
-                        group["capturable"] = True
-    print("notice: --compile: the first updates compile the update step (tens of seconds)"
-          + (", then record it as CUDA graphs" if args.cudagraphs else ""), file=sys.stderr)
-    compiled_steps = []  # shared: if one fails to compile, all fall back together
-    for name in UPDATE_METHODS:
-        if hasattr(agent, name):
-            step = CompiledStep(getattr(agent, name), name, compiled_steps)
-            setattr(agent, name, CudaGraphStep(step, agent) if args.cudagraphs else step)
-
-
-class CompiledStep:
-    """torch.compile(method). If compiling fails (it fails before the update changes anything):
-    one notice line, and this and the agent's other update methods run eagerly from then on."""
-
-    def __init__(self, method, name: str, all_steps: list):
-        self.eager, self.name, self.all_steps = method, name, all_steps
-        # a run's shapes never change (fixed batch and networks): dynamic=False keeps torch.compile
-        # from retrying with symbolic shapes when another agent of other sizes is compiled in the
-        # same process (a test session, a notebook), which fails in torch 2.13 and so ran eagerly
-        self.compiled = torch.compile(method, dynamic=False)
-        all_steps.append(self)
-
-    def __call__(self, *inputs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*inputs)
-            except compile_errors() as error:
-                print(f"notice: --compile: compiling {self.name} failed, so the updates run eagerly "
-                      f"({one_line(error)[:300]})", file=sys.stderr)
-                for step in self.all_steps:
-                    step.compiled = None
-        return self.eager(*inputs)
-
-
-class CudaGraphStep:
-    """Run `step` a few times on a side stream (compilation, cuBLAS and optimizer state are set up
-    outside the graph), then record it once as a CUDA graph and from then on replay it.
-
-    The graph reads fixed input tensors (each call copies its batch into them) and writes fixed
-    output tensors: the losses it returns are overwritten by the next replay, and the training
-    loop only ever reads the latest ones. Random draws advance the generators on each replay."""
-    WARMUP_CALLS = 3
-
-    def __init__(self, step, agent):
-        self.step, self.calls, self.graph, self.nothing_to_record = step, 0, None, False
-        # the agent's own generators (e.g. SAC's redq subset) must be known to the graph
-        self.generators = [value for value in vars(agent).values() if isinstance(value, torch.Generator)
-                           and value.device.type == "cuda"]
-
-    def __call__(self, inputs):
-        if self.graph is not None:
-            copy_into(self.static_inputs, inputs)
-            self.graph.replay()
-            return dict(self.static_outputs)  # a new dict (the loop adds to it), the same tensors
-        if self.nothing_to_record:  # e.g. temperature_step with a fixed alpha: no GPU work at all
-            return self.step(inputs)
-        self.calls += 1
-        if self.calls <= self.WARMUP_CALLS:
-            side_stream = torch.cuda.Stream()
-            side_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side_stream):
-                outputs = self.step(inputs)
-            torch.cuda.current_stream().wait_stream(side_stream)
-            self.nothing_to_record = outputs == {}
-            return outputs
-        self.static_inputs = clone_tensors(inputs)
-        self.graph = torch.cuda.CUDAGraph()
-        for generator in self.generators:
-            self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self.static_outputs = self.step(self.static_inputs)
-        self.graph.replay()  # recording runs nothing: this replay is the update of this call
-        return dict(self.static_outputs)
-
-
-def clone_tensors(value):
-    return {key: item.clone() for key, item in value.items()} if isinstance(value, dict) else value.clone()
-
-
-def copy_into(static, value) -> None:
-    for key in static if isinstance(static, dict) else [None]:
-        target, source = (static[key], value[key]) if key is not None else (static, value)
-        if target.data_ptr() != source.data_ptr():
-            target.copy_(source)
 
 
 # ---- --capture-video: check before training that the video can be written ------------------

@@ -1,4 +1,4 @@
-"""--compile and --cudagraphs (run_extras.py's accelerate_updates): the compiled update IS the eager
+"""--compile and --cudagraphs (Appendix A's accelerate_updates): the compiled update IS the eager
 one, handed to torch.compile, so the two must agree number for number (up to float32 rounding);
 a missing compiler falls back to eager with one notice; checkpoint/resume, the NaN stop and Ctrl-C
 work the same with --compile. The CUDA cases run where a GPU is present and skip elsewhere."""
@@ -21,7 +21,6 @@ from conftest import (
 from references import OBS_DIM, SPACE, random_batch
 
 import gmm_density_matching as gmm
-import run_extras
 import posac_jko as posac
 import sac_continuous as sac
 
@@ -47,7 +46,7 @@ def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False, 
                        cudagraphs=cudagraphs, **{**extra, **overrides})
     torch.manual_seed(0)
     agent = module.Agent(args, OBS_DIM, SPACE, torch.device(device))
-    run_extras.accelerate_updates(agent, args)
+    module.accelerate_updates(agent, args)
     history = []
     for k in range(UPDATES):
         batch = {key: value.float().to(device) for key, value in random_batch(seed=k).items()}
@@ -120,13 +119,13 @@ def test_agents_of_other_sizes_in_one_process_each_compile(capsys):
     for hidden_size, copies in ((24, 2), (40, 1)):  # other network sizes and another batch size
         args = sac.Args(env_id="Pendulum-v1", hidden_size=hidden_size, compile=True)
         agent = sac.Agent(args, OBS_DIM, SPACE, torch.device("cpu"))
-        run_extras.accelerate_updates(agent, args)
+        sac.accelerate_updates(agent, args)
         batch = {key: value.float().repeat(copies, *[1] * (value.dim() - 1))
                  for key, value in random_batch(seed=0).items()}
         losses = agent.critic_step(batch)
         losses |= agent.actor_step(batch)
         agent.temperature_step(losses["log_prob"])
-        assert all(getattr(agent, name).compiled is not None for name in run_extras.UPDATE_METHODS), hidden_size
+        assert all(getattr(agent, name).compiled is not None for name in sac.UPDATE_METHODS), hidden_size
     assert "run eagerly" not in capsys.readouterr().err
 
 

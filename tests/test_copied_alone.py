@@ -85,10 +85,10 @@ def test_a_script_copied_alone_trains_is_killed_resumes_and_evaluates(tmp_path, 
     assert "deterministic" in evaluated.stdout and "stochastic" in evaluated.stdout
 
 
-@pytest.mark.parametrize("flags", [["--compile"], ["--capture-video"], ["--config", "course.yaml"]],
+@pytest.mark.parametrize("flags", [["--capture-video"], ["--config", "course.yaml"]],
                          ids=lambda flags: flags[0])
 def test_a_flag_of_run_extras_names_the_file_to_copy_along(tmp_path, flags):
-    """--compile, --capture-video and --config live in run_extras.py: without it beside the script,
+    """--capture-video and --config live in run_extras.py: without it beside the script,
     one `error:` line says to copy it, exit code 2, and nothing is created."""
     script = "sac_continuous.py"
     shutil.copy(os.path.join(REPO, script), tmp_path / script)
@@ -99,3 +99,16 @@ def test_a_flag_of_run_extras_names_the_file_to_copy_along(tmp_path, flags):
     assert result.returncode == 2 and len(errors) == 1 and "run_extras.py" in errors[0], result.stderr
     assert flags[0] in errors[0] and "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == sorted(["course.yaml", script])
+
+
+def test_a_script_copied_alone_compiles(tmp_path):
+    """--compile is part of each script (Appendix A), not of run_extras.py: copied alone, a compiled
+    run trains to its end (or, without a working compiler, falls back to eager with a notice)."""
+    script = "sac_continuous.py"
+    shutil.copy(os.path.join(REPO, script), tmp_path / script)
+    result = subprocess.run(command(tmp_path, script, *SMALL, "--total-timesteps", "300", "--compile"),
+                            cwd=tmp_path, env=alone_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "--compile" in result.stderr and "run_extras" not in result.stderr
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    assert os.path.exists(os.path.join(run_dir, "summary.json"))

@@ -82,7 +82,7 @@ ALLOWED_DECORATORS = {"torch.no_grad()", "torch.no_grad", "staticmethod", "class
 
 # Paths mutmut copies into mutants/ besides the scripts, tests/, pyproject.toml and setup.cfg
 # (copied always): add data files here if new tests read them.
-ALSO_COPY: list[str] = ["run_extras.py"]  # the scripts' optional module (--compile, --config, video)
+ALSO_COPY: list[str] = ["run_extras.py"]  # the scripts' optional module (--config, the video preflight)
 
 # What `[tool.mutmut]` would say. Keys as in mutmut 3.8's configuration.py.
 MUTMUT_CONFIG = {

@@ -48,7 +48,6 @@ import tyro
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmark.runfolders import thread_env  # noqa: E402
-import run_extras  # noqa: E402
 
 Script = Literal["sac_continuous", "posac_jko", "gmm_density_matching"]
 Option = Literal["default", "max-autotune", "cpp-wrapper", "compiled-autograd", "trace-autograd-ops",
@@ -139,9 +138,9 @@ def apply_option(option: str, module, agent, run_args) -> None:
                 if isinstance(optimizer, torch.optim.Optimizer):
                     for group in optimizer.param_groups:
                         group["fused"], group["foreach"] = None, True
-    run_extras.accelerate_updates(agent, run_args)
+    module.accelerate_updates(agent, run_args)
     if option == "max-autotune":
-        for name in run_extras.UPDATE_METHODS:
+        for name in module.UPDATE_METHODS:
             step = getattr(agent, name, None)
             if isinstance(step, module.CompiledStep):
                 step.compiled = torch.compile(step.eager, mode="max-autotune-no-cudagraphs")
@@ -173,7 +172,7 @@ def time_one_option(args: Args) -> dict:
         compiled_ms.append(round_of_updates(compiled, round_index, args.updates))
     moved = max(float((now - then).abs().max()) for now, then in zip(parameters_of(compiled), start_parameters))
     compiled_for_real = all(getattr(getattr(compiled, name), "compiled", None) is not None
-                            for name in run_extras.UPDATE_METHODS if hasattr(compiled, name))
+                            for name in module.UPDATE_METHODS if hasattr(compiled, name))
     return {"option": args.one_option, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
             "compile_s": compile_seconds, "moved": moved, "from_eager": from_eager,
             "compiled_for_real": compiled_for_real}

@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmark.diagnostics.compile_options import (  # noqa: E402
     MATRIX_PRODUCTS, Args as CompileArgs, Script, build_agent, full_update, matrix_product_share,
     script_and_shapes)
-import run_extras  # noqa: E402
 
 
 @dataclass
@@ -126,7 +125,7 @@ def profile_compiled_update(args: Args) -> dict:
                               profile_updates=args.profile_updates)
     module, space, obs_dim, batches = script_and_shapes(module_args)
     agent, run_args = build_agent(module, module_args, space, obs_dim, compile=True)
-    run_extras.accelerate_updates(agent, run_args)
+    module.accelerate_updates(agent, run_args)
     with inductor_config.patch({"cpp.enable_kernel_profile": True}):  # each kernel shows in the profile
         for k in range(10):  # compiles, then settles
             full_update(agent, batches[k % len(batches)])
