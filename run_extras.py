@@ -71,7 +71,7 @@ def config_defaults(script, path: str):
     (snake_case) or a name from CONFIG_KEYS (the source's names, e.g. the course's env_name,
     total_steps, discount); `base_config`, if present, must name the script's CONFIG_BASE. An
     unknown key or a value of the wrong type is one ConfigError naming the key."""
-    ConfigError, short = script.ConfigError, script.short
+    ConfigError, short, one_line = script.ConfigError, script.short, script.one_line
     MAX_TEXT_BYTES, CONFIG_BASE, CONFIG_KEYS = script.MAX_TEXT_BYTES, script.CONFIG_BASE, script.CONFIG_KEYS
     try:
         import yaml
@@ -96,6 +96,8 @@ def config_defaults(script, path: str):
         if len(text) > MAX_TEXT_BYTES:
             raise ValueError(f"larger than {MAX_TEXT_BYTES} bytes")
         values = yaml.load(text.decode("utf-8"), Loader=UniqueKeyLoader)
+    except ConfigError:  # a key given twice: already one line naming the key
+        raise
     except (OSError, ValueError, TypeError, yaml.YAMLError) as error:  # ValueError: not UTF-8; TypeError: a list as a key
         raise ConfigError(f"--config {path}: cannot read it ({one_line(error)})") from None
     if values is None:
