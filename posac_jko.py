@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Optional, Union
 
 import gymnasium as gym
@@ -77,12 +77,16 @@ NUM_CRITICS = 2  # twin critics, clipped double-Q (the source's QNetwork has two
 # =============================================================================================
 # Arguments
 # =============================================================================================
+# A flag with a second name (the source's) is declared as tyro.conf.arg(name=<second name>,
+# aliases=(<flag>,)): tyro lists aliases first, so --help then shows the flag before its alias.
 @dataclass
 class Args:
     # ---- environment and budget ---------------------------------------------------------------
-    env_id: Annotated[str, tyro.conf.arg(aliases=("--env-name",))] = "Humanoid-v5"
+    env_id: Annotated[str, tyro.conf.arg(name="env-name", aliases=("--env-id",))] = "Humanoid-v5"
     """the gymnasium environment id (any env with a Box action space); the source's --env-name"""
-    total_timesteps: Annotated[int, tyro.conf.arg(aliases=("--num-steps",))] = 1_000_000
+    seed: int = 123456
+    """seed of the experiment (torch, numpy, python, replay sampling, environments); the source's default"""
+    total_timesteps: Annotated[int, tyro.conf.arg(name="num-steps", aliases=("--total-timesteps",))] = 1_000_000
     """total environment steps (summed over the vectorized environments); the source's --num-steps"""
     num_envs: int = 1
     """parallel envs for data collection (one training iteration per vector step, as in CleanRL)"""
@@ -94,7 +98,7 @@ class Args:
     """minibatch size of every gradient step"""
     gamma: float = 0.99
     """discount factor"""
-    random_steps: Annotated[int, tyro.conf.arg(aliases=("--start-steps",))] = 10_000
+    random_steps: Annotated[int, tyro.conf.arg(name="start-steps", aliases=("--random-steps",))] = 10_000
     """env steps of uniformly random actions before actor 0 acts (the source's --start-steps)"""
     learning_starts: Optional[int] = None
     """env steps before the first update (None: once the buffer holds more than a batch, as the source)"""
@@ -126,49 +130,15 @@ class Args:
     # ---- algorithm: entropy ------------------------------------------------------------------
     alpha: float = 0.2
     """the fixed entropy temperature (the source's 0.2); NOT used with --autotune (alpha starts at 1)"""
-    autotune: Annotated[bool, tyro.conf.arg(aliases=("--automatic-entropy-tuning",))] = False
+    autotune: Annotated[bool, tyro.conf.arg(name="automatic-entropy-tuning", aliases=("--autotune",))] = False
     """tune alpha by eq. (8) on actor 0 (off in the source); autotuning starts from alpha = 1"""
 
-    # ---- run, evaluation and outputs ---------------------------------------------------
-    exp_name: str = "posac_jko"
-    """name of this experiment; the run folder is {env_id}__{exp_name}__{seed}__{unix_time}"""
-    seed: int = 123456
-    """seed of the experiment (torch, numpy, python, replay sampling, environments); the source's default"""
-    torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic`; on CPU results are bit-identical for a seed anyway"""
-    cuda: bool = False
-    """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
-    compile: bool = False
-    """torch.compile the update steps; on a GPU add --cudagraphs (measured speed-ups: benchmark/README.md)"""
-    cudagraphs: bool = False
-    """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
-    track: bool = False
-    """mirror the TensorBoard metrics to Weights & Biases"""
-    wandb_project_name: str = "continuous-control-references"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team); None uses your default"""
-    capture_video: bool = False
-    """film each policy's first deterministic evaluation episode to `videos/` (needs moviepy; checked first)"""
-    output_dir: str = "runs"
-    """where run folders are created"""
-    resume: Optional[str] = None
-    """a run folder or its checkpoint.pt: continue that run exactly (the running episode restarts from a
-    reset); the other args must describe the same run, but --total-timesteps may grow"""
-    checkpoint_every: int = 50_000
-    """write checkpoint.pt every this many env steps (and always at the end and on Ctrl-C)"""
-    evaluate: Optional[str] = None
-    """a run folder: play its latest checkpoint instead of training (README, --evaluate)"""
-    config: Annotated[Optional[str], tyro.conf.arg(aliases=("-cfg",))] = None
-    """a YAML file of defaults (the command line wins): this script's field names, or the source's key names"""
-    eval_every: int = 10_000
-    """evaluate every this many env steps (0: only the final evaluation); ignored with --eval-freq"""
-    eval_freq_episodes: Annotated[Optional[int], tyro.conf.arg(aliases=("--eval-freq",))] = None
+    eval_freq_episodes: Annotated[Optional[int], tyro.conf.arg(name="eval-freq", aliases=("--eval-freq-episodes",))] = None
     """the source's --eval-freq (it uses 10): evaluate every this many training episodes, not --eval-every"""
-    eval_episodes: int = 10
-    """episodes per evaluation, per actor, run once deterministically (tanh(mu)), once stochastically"""
-    log_every: int = 1000
-    """write losses to TensorBoard/metrics.csv and print the progress line every this many steps"""
+
+    # ---- run, evaluation and outputs: the flags every script shares (RunArgs, Appendix A) ----
+    run: tyro.conf.OmitArgPrefixes[RunArgs] = field(default_factory=lambda: RunArgs())
+    """output folder, --resume and --evaluate, evaluation / checkpoint / log schedule, device, tracking"""
 
 
 # what fixes the shapes and meaning of a checkpoint: --resume insists they match (else another run)
@@ -607,9 +577,9 @@ Agent = POSAC  # the agent class by the name Appendix A uses (--evaluate builds 
 def train(args: Args) -> dict:
     """Run (or resume) one POSAC training run; return its final figures (also in summary.json)."""
     action_space = validate_args(args)  # bad input: one `error:` line before any work
-    device = pick_device(args.cuda)
+    device = pick_device(args.run.cuda)
     checkpoint = read_resume_checkpoint(args)  # --resume's, read as data and checked (None: a new run)
-    seed_everything(args.seed, args.torch_deterministic)
+    seed_everything(args.seed, args.run.torch_deterministic)
     # SAME_STEP autoreset: an ended episode's last observation comes back in infos["final_obs"]
     envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -661,14 +631,14 @@ def train(args: Args) -> dict:
             # 5. log, evaluate (every --eval-every steps, or the source's --eval-freq-episodes
             # episodes) and checkpoint when the counter crosses a multiple of the period
             step = progress.global_step
-            if crossed(step_before, step, args.log_every):
+            if crossed(step_before, step, args.run.log_every):
                 log_progress(run, progress, loss_scalars(losses, agent) if losses else {}, nonfinite)
-            evaluation_due = (crossed(step_before, step, args.eval_every) if args.eval_freq_episodes is None
+            evaluation_due = (crossed(step_before, step, args.run.eval_every) if args.eval_freq_episodes is None
                               else crossed(episodes_before, progress.episodes, args.eval_freq_episodes))
             if evaluation_due and step < args.total_timesteps:
                 stop_if_nonfinite(run, progress, nonfinite)
                 evaluate_policies(run, agent, step)
-            if crossed(step_before, step, args.checkpoint_every) and step < args.total_timesteps:
+            if crossed(step_before, step, args.run.checkpoint_every) and step < args.total_timesteps:
                 save_run_checkpoint(run, progress, agent, buffer, nonfinite)
 
         save_run_checkpoint(run, progress, agent, buffer, nonfinite)  # the final checkpoint
@@ -714,7 +684,7 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: POSAC) -> dict[str, flo
 # What only --capture-video and --config need is in run_extras.py, imported only when one of
 # them is given (see run_extras below).
 #
-# What it takes from Part 1, by name: ALGORITHM, Args (with the common fields), RESUME_MUST_MATCH,
+# What it takes from Part 1, by name: ALGORITHM, Args (its `run` field holds RunArgs), RESUME_MUST_MATCH,
 # PER_ACTOR_EVALUATION, CONFIG_KEYS and CONFIG_BASE (--config), validate_args, make_env, train,
 # and `Agent`, the agent class, built as Agent(args, obs_dim, action_space, device), with
 # `policies` (the actors to evaluate) and CHECKPOINT_PARTS (its attributes a checkpoint keeps).
@@ -755,7 +725,70 @@ class NonFiniteDataError(NonFiniteLossError):
     buffer before storing it, so no checkpoint ever holds it; training_session adds the step)."""
 
 
-# ---- argument checks every script shares -------------------------------------------------
+# ---- the flags every script shares (Args.run) and the checks every script makes -----------
+@dataclass
+class RunArgs:
+    """The run's flags, the same in every script: --help lists them as their own group after the
+    algorithm's (tyro.conf.OmitArgPrefixes keeps them --output-dir, not --run.output-dir)."""
+    exp_name: str = ALGORITHM
+    """name of this experiment; the run folder is <env id>__<exp name>__<seed>__<unix time>"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`; on CPU results are bit-identical for a seed anyway"""
+    cuda: bool = False
+    """train on the GPU if one is available (falls back to the CPU with a notice otherwise)"""
+    compile: bool = False
+    """torch.compile the update steps; on a GPU add --cudagraphs (measured speed-ups: benchmark/README.md)"""
+    cudagraphs: bool = False
+    """replay the compiled update steps as CUDA graphs (needs --cuda --compile)"""
+    track: bool = False
+    """mirror the TensorBoard metrics to Weights & Biases"""
+    wandb_project_name: str = "continuous-control-references"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team); None uses your default"""
+    capture_video: bool = False
+    """film each policy's first deterministic evaluation episode to `videos/` (needs moviepy; checked first)"""
+    output_dir: str = "runs"
+    """where run folders are created"""
+    resume: Optional[str] = None
+    """a run folder or its checkpoint.pt: continue that run exactly (the running episode restarts from a
+    reset); the other args must describe the same run, but --total-timesteps may grow"""
+    checkpoint_every: int = 50_000
+    """write checkpoint.pt every this many env steps (and always at the end and on Ctrl-C)"""
+    evaluate: Optional[str] = None
+    """a run folder: play its latest checkpoint's policies instead of training"""
+    config: Annotated[Optional[str], tyro.conf.arg(aliases=("-cfg",))] = None
+    """a YAML file of defaults (the command line wins): this script's flag names, or the source's key names"""
+    eval_every: int = 10_000
+    """evaluate every this many env steps (0: only the final evaluation)"""
+    eval_episodes: int = 10
+    """episodes per evaluation and policy, played once with the deterministic action and once sampling"""
+    log_every: int = 1000
+    """write losses to TensorBoard/metrics.csv and print the progress line every this many steps"""
+
+
+def flat_args(args: Args) -> dict:
+    """Every flag's value by its field name, Args.run's beside the algorithm's: the flat layout that
+    args.json, checkpoints and wandb's config keep."""
+    values = asdict(args)
+    return {**{name: value for name, value in values.items() if name != "run"}, **values["run"]}
+
+
+def args_from_flat(values: dict) -> Args:
+    """flat_args's inverse (a list becomes a tuple, as tyro gives it)."""
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
+    run_names = {run_field.name for run_field in fields(RunArgs)}
+    return Args(**{name: value for name, value in values.items() if name not in run_names},
+                run=RunArgs(**{name: value for name, value in values.items() if name in run_names}))
+
+
+def flag_types() -> dict:
+    """Every flag's field name -> its type hint, as flat as flat_args."""
+    hints = {**typing.get_type_hints(Args, include_extras=True), **typing.get_type_hints(RunArgs, include_extras=True)}
+    del hints["run"]
+    return hints
+
+
 COMMON_POSITIVE = ("total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "hidden_size",
                    "num_layers", "checkpoint_every", "log_every")
 
@@ -763,17 +796,17 @@ COMMON_POSITIVE = ("total_timesteps", "num_envs", "buffer_size", "batch_size", "
 def validate_common_args(args: Args) -> gym.spaces.Box:
     """The checks every script makes (sizes, schedule, gamma, tau, --resume, the env); the
     algorithm's own checks are in Part 1's validate_args. Returns the env's action space."""
+    values = flat_args(args)
     for name in COMMON_POSITIVE:
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        if values[name] <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {values[name]}")
     for name in ("eval_every", "learning_starts", "random_steps"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for field in fields(args):  # nan or inf in any float flag: refused now, not after hours of training
-        value = getattr(args, field.name)
+        if values[name] < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {values[name]}")
+    for name, value in values.items():  # nan or inf in any float flag: refused now, not after hours of training
         for number in value if isinstance(value, (tuple, list)) else [value]:
             if isinstance(number, float) and not math.isfinite(number):
-                raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {number}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {number}")
     if not 0 <= args.seed < 2**32:  # np.random.seed's range
         raise ConfigError(f"--seed must lie in [0, 2**32 - 1], got {args.seed}")
     if args.batch_size > args.buffer_size:
@@ -782,14 +815,14 @@ def validate_common_args(args: Args) -> gym.spaces.Box:
         raise ConfigError(f"--gamma must lie in [0, 1], got {args.gamma}")
     if not 0.0 < args.tau <= 1.0:
         raise ConfigError(f"--tau must lie in (0, 1], got {args.tau}")
-    if args.resume is not None and resolve_checkpoint_path(args.resume) is None:
-        raise ConfigError(f"--resume {args.resume}: no checkpoint.pt there")
-    if args.cudagraphs and not (args.cuda and args.compile):
+    if args.run.resume is not None and resolve_checkpoint_path(args.run.resume) is None:
+        raise ConfigError(f"--resume {args.run.resume}: no checkpoint.pt there")
+    if args.run.cudagraphs and not (args.run.cuda and args.run.compile):
         raise ConfigError("--cudagraphs needs --cuda and --compile")
-    if args.cudagraphs and not torch.cuda.is_available():
+    if args.run.cudagraphs and not torch.cuda.is_available():
         raise ConfigError("--cudagraphs needs a CUDA GPU, and torch sees none on this machine")
     action_space = check_env(args.env_id)
-    if args.capture_video:  # before any training: a video that cannot be written fails now, not at the end
+    if args.run.capture_video:  # before any training: a video that cannot be written fails now, not at the end
         problem = run_extras("--capture-video").video_problem(args.env_id)
         if problem is not None:
             raise ConfigError(problem)
@@ -937,16 +970,16 @@ def load_buffer_state(buffer, state: dict) -> None:
 def read_resume_checkpoint(args: Args) -> Optional[dict]:
     """--resume's checkpoint, read as data and checked against this command line (None for a new
     run). The folder to write (the checkpoint's, or --output-dir) must be writable. Changes nothing."""
-    if not args.resume:
-        problem = writable_folder_problem(args.output_dir)
+    if not args.run.resume:
+        problem = writable_folder_problem(args.run.output_dir)
         if problem is not None:
-            raise ConfigError(f"--output-dir {args.output_dir}: {problem}")
+            raise ConfigError(f"--output-dir {args.run.output_dir}: {problem}")
         return None
-    checkpoint = read_checkpoint(args.resume)
+    checkpoint = read_checkpoint(args.run.resume)
     check_resume_args(checkpoint, args)
     run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
     if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"--resume {args.resume}: cannot write to {run_dir}")
+        raise ConfigError(f"--resume {args.run.resume}: cannot write to {run_dir}")
     return checkpoint
 
 
@@ -961,7 +994,7 @@ def open_run_folder(args: Args, checkpoint: Optional[dict], agent, buffer, devic
     if checkpoint is not None:
         run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
         # a second --resume of this folder stops here; the lock lasts as long as this process
-        folder_lock = lock_run_folder(run_dir, f"--resume {args.resume}")
+        folder_lock = lock_run_folder(run_dir, f"--resume {args.run.resume}")
         try:
             previous_rows = restore_checkpoint(args, checkpoint, agent, buffer, eval_generator, progress)
         except BaseException:
@@ -969,22 +1002,22 @@ def open_run_folder(args: Args, checkpoint: Optional[dict], agent, buffer, devic
             raise
         print(f"resumed {os.path.basename(run_dir)} at step {progress.global_step} from {checkpoint['path']}")
     else:
-        run_dir = new_run_folder(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}")
+        run_dir = new_run_folder(args.run.output_dir, f"{args.env_id}__{args.run.exp_name}__{args.seed}")
         folder_lock = lock_run_folder(run_dir, "--output-dir")
     accelerate_updates(agent, args)  # --compile / --cudagraphs; after the checkpoint is loaded
-    args_record = {"algorithm": ALGORITHM, "args": asdict(args), "command": sys.argv, "versions": library_versions()}
+    args_record = {"algorithm": ALGORITHM, "args": flat_args(args), "command": sys.argv, "versions": library_versions()}
     atomic_write_text(os.path.join(run_dir, "args.json"), lambda f: json.dump(args_record, f, indent=2))
 
-    video_folder = os.path.join(run_dir, "videos") if args.capture_video else None
+    video_folder = os.path.join(run_dir, "videos") if args.run.capture_video else None
     eval_env = make_env(args.env_id, args.seed + 100_000, video_folder)()
     if video_folder is not None:  # film the first (deterministic) episode of every policy's evaluation
-        eval_env.env.episode_trigger = lambda episode: episode % (2 * args.eval_episodes) == 0
+        eval_env.env.episode_trigger = lambda episode: episode % (2 * args.run.eval_episodes) == 0
     closers = []
-    if args.track:
+    if args.run.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=asdict(args), name=os.path.basename(run_dir), id=os.path.basename(run_dir),
+        wandb.init(project=args.run.wandb_project_name, entity=args.run.wandb_entity, sync_tensorboard=True,
+                   config=flat_args(args), name=os.path.basename(run_dir), id=os.path.basename(run_dir),
                    resume="allow", save_code=True, dir=run_dir)  # wandb/ inside the run folder
         closers.append(wandb.finish)
     resume_step = progress.global_step if checkpoint is not None else None
@@ -1014,7 +1047,7 @@ def restore_checkpoint(args: Args, checkpoint: dict, agent, buffer, eval_generat
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
         problem = one_line(error)
     if problem is not None:
-        raise ConfigError(f"--resume {args.resume}: {checkpoint['path']} does not fit this run ({problem})")
+        raise ConfigError(f"--resume {args.run.resume}: {checkpoint['path']} does not fit this run ({problem})")
     for name in ("global_step", "train_time", "train_steps", "episodes", "last_return"):
         setattr(progress, name, checkpoint[name])
     # resumed at the end of its budget: the final evaluation (maybe cut short by a kill) runs
@@ -1086,7 +1119,7 @@ def last_good_checkpoint(run: RunFolder) -> str:
 def save_run_checkpoint(run: RunFolder, progress: Progress, agent, buffer, nonfinite: torch.Tensor) -> None:
     """Everything --resume needs, as plain data, written atomically; never broken networks."""
     stop_if_nonfinite(run, progress, nonfinite)
-    state = {"format": CHECKPOINT_FORMAT, "algorithm": ALGORITHM, "args": asdict(run.args),
+    state = {"format": CHECKPOINT_FORMAT, "algorithm": ALGORITHM, "args": flat_args(run.args),
              "global_step": progress.global_step, "train_time": progress.train_time,
              "train_steps": progress.train_steps, "episodes": progress.episodes, "last_return": progress.last_return,
              "agent": agent_state(agent), "replay_buffer": buffer_state(buffer), "rng": rng_states(),
@@ -1100,11 +1133,11 @@ def evaluate_policies(run: RunFolder, agent, step: int) -> list[dict]:
     means go to eval.csv, TensorBoard and the console."""
     args, results = run.args, []
     if PER_ACTOR_EVALUATION:
-        print(f"Evaluation over {args.eval_episodes} episodes (step {step}):", flush=True)
+        print(f"Evaluation over {args.run.eval_episodes} episodes (step {step}):", flush=True)
     for i, policy in enumerate(agent.policies):
         means = {}
         for mode in ("deterministic", "stochastic"):
-            returns = evaluate(policy, run.eval_env, args.eval_episodes, args.seed + 100_000,
+            returns = evaluate(policy, run.eval_env, args.run.eval_episodes, args.seed + 100_000,
                                mode == "deterministic", run.device, run.eval_generator)
             run.logger.evaluation(step, i, mode, returns)
             means[mode] = float(returns.mean())
@@ -1450,7 +1483,7 @@ def checkpoint_problem(checkpoint) -> Optional[str]:
             return f"checkpoint's '{key}' is out of range ({short(checkpoint[key])})"
     if not (math.isfinite(checkpoint["train_time"]) and checkpoint["train_time"] >= 0):
         return f"checkpoint's 'train_time' is not a duration ({checkpoint['train_time']})"
-    unknown = sorted(set(checkpoint["args"]) - {f.name for f in fields(Args)})
+    unknown = sorted(set(checkpoint["args"]) - set(flag_types()))
     if unknown:
         return f"checkpoint's args hold fields this script does not have: {', '.join(unknown)}"
     missing = sorted(set(RESUME_MUST_MATCH) - set(checkpoint["args"]))
@@ -1466,10 +1499,10 @@ def check_resume_args(checkpoint: dict, args: Args) -> None:
     differ = [f"{k} (checkpoint {short(saved.get(k))}, now {short(getattr(args, k))})" for k in RESUME_MUST_MATCH
               if as_list(saved.get(k)) != as_list(getattr(args, k))]
     if differ:
-        raise ConfigError(f"--resume {args.resume}: incompatible arguments: {', '.join(differ)}")
+        raise ConfigError(f"--resume {args.run.resume}: incompatible arguments: {', '.join(differ)}")
     if checkpoint["global_step"] >= args.total_timesteps and finished_at(checkpoint) >= checkpoint["global_step"]:
         # nothing left to do (a run stopped during its final evaluation has no summary.json and is finished)
-        raise ConfigError(f"--resume {args.resume}: that run already reached step {checkpoint['global_step']} "
+        raise ConfigError(f"--resume {args.run.resume}: that run already reached step {checkpoint['global_step']} "
                           f"(--total-timesteps {args.total_timesteps}); give a larger --total-timesteps to train "
                           f"on, or play it with --evaluate")
 
@@ -1781,25 +1814,25 @@ def compile_errors() -> tuple:
 
 def accelerate_updates(agent, args: Args) -> None:
     """Swap the agent's update methods for compiled (and CUDA-graphed) versions of themselves."""
-    if not args.compile:
+    if not args.run.compile:
         return
     # compiled random ops call the same ATen kernels as eager ones: the same seed draws the same
     # noise, so a compiled run follows an eager one (tests/test_compile.py) and resumes either way
     import torch._inductor.config
     torch._inductor.config.fallback_random = True
-    if args.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
+    if args.run.cudagraphs:  # Adam steps recorded in a CUDA graph must keep their step counts on the GPU
         for value in vars(agent).values():
             for optimizer in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(optimizer, torch.optim.Optimizer):
                     for group in optimizer.param_groups:
                         group["capturable"] = True
     print("notice: --compile: the first updates compile the update step (tens of seconds)"
-          + (", then record it as CUDA graphs" if args.cudagraphs else ""), file=sys.stderr)
+          + (", then record it as CUDA graphs" if args.run.cudagraphs else ""), file=sys.stderr)
     compiled_steps = []  # shared: if one fails to compile, all fall back together
     for name in UPDATE_METHODS:
         if hasattr(agent, name):
             step = CompiledStep(getattr(agent, name), name, compiled_steps)
-            setattr(agent, name, CudaGraphStep(step, agent) if args.cudagraphs else step)
+            setattr(agent, name, CudaGraphStep(step, agent) if args.run.cudagraphs else step)
 
 
 class CompiledStep:
@@ -1886,16 +1919,16 @@ def evaluate_saved_run(cli_args: Args) -> dict:
     states), and print mean +- std. With --capture-video every episode is filmed to
     RUN_FOLDER/videos/evaluate-<time>/. Trains nothing and writes no other file of the run, so it
     works on a run that is still going."""
-    checkpoint = read_checkpoint(cli_args.evaluate, flag="--evaluate")
+    checkpoint = read_checkpoint(cli_args.run.evaluate, flag="--evaluate")
     run_dir = os.path.dirname(os.path.abspath(checkpoint["path"]))
     args = saved_args(run_dir, checkpoint, cli_args)
     action_space = validate_args(args)
-    device = pick_device(args.cuda)
+    device = pick_device(args.run.cuda)
     probe = gym.make(args.env_id)
     obs_dim = int(np.prod(probe.observation_space.shape))
     probe.close()
     # the networks are as large as args.json says: build them within what the checkpoint holds
-    with AllocationBudget(stored_bytes(checkpoint["agent"]) + 2**24, f"--evaluate {cli_args.evaluate}"):
+    with AllocationBudget(stored_bytes(checkpoint["agent"]) + 2**24, f"--evaluate {cli_args.run.evaluate}"):
         agent = Agent(args, obs_dim, action_space, device)
     problem = state_problem(checkpoint["agent"], agent_state(agent), "agent")
     try:
@@ -1904,22 +1937,22 @@ def evaluate_saved_run(cli_args: Args) -> dict:
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
         problem = one_line(error)
     if problem is not None:
-        raise ConfigError(f"--evaluate {cli_args.evaluate}: {checkpoint['path']} does not fit its args.json ({problem})")
+        raise ConfigError(f"--evaluate {cli_args.run.evaluate}: {checkpoint['path']} does not fit its args.json ({problem})")
     video_folder = None
-    if args.capture_video:
+    if args.run.capture_video:
         video_folder = os.path.join(run_dir, "videos", f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     env = make_env(args.env_id, args.seed + 200_000, video_folder)()
     if video_folder is not None:
         env.env.episode_trigger = lambda episode: True  # film every episode
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed + 200_000)
-    print(f"evaluating {run_dir} at step {checkpoint['global_step']}: {args.eval_episodes} episodes per mode, "
-          f"env seeds {args.seed + 200_000}..{args.seed + 200_000 + args.eval_episodes - 1}", flush=True)
+    print(f"evaluating {run_dir} at step {checkpoint['global_step']}: {args.run.eval_episodes} episodes per mode, "
+          f"env seeds {args.seed + 200_000}..{args.seed + 200_000 + args.run.eval_episodes - 1}", flush=True)
     results = []
     try:
         for i, policy in enumerate(agent.policies):
             for mode in ("deterministic", "stochastic"):
-                returns = evaluate(policy, env, args.eval_episodes, args.seed + 200_000, mode == "deterministic",
+                returns = evaluate(policy, env, args.run.eval_episodes, args.seed + 200_000, mode == "deterministic",
                                    device, generator)
                 results.append({"policy": i, "mode": mode, "mean_return": float(returns.mean()),
                                 "std_return": float(returns.std()), "episodes": len(returns)})
@@ -1938,12 +1971,12 @@ def saved_args(run_dir: str, checkpoint: dict, cli_args: Args) -> Args:
     architecture must be the checkpoint's own; an env id naming a module to import is honoured only
     when this command line names it too; training-only flags (--compile, --cudagraphs, --track) are
     the training run's business, not the evaluation's."""
-    path, flag = os.path.join(run_dir, "args.json"), f"--evaluate {cli_args.evaluate}"
+    path, flag = os.path.join(run_dir, "args.json"), f"--evaluate {cli_args.run.evaluate}"
     saved = checkpoint["args"]
     if os.path.isfile(path):
         saved = read_json(path)
         saved = saved.get("args") if isinstance(saved, dict) else None
-    hints = typing.get_type_hints(Args, include_extras=True)
+    hints = flag_types()
     if not isinstance(saved, dict) or not set(saved) <= set(hints):
         found = sorted(set(saved) - set(hints)) if isinstance(saved, dict) else type(saved).__name__
         raise ConfigError(f"{flag}: {path} holds fields this script does not have: {short(found)}")
@@ -1959,11 +1992,12 @@ def saved_args(run_dir: str, checkpoint: dict, cli_args: Args) -> Args:
               and as_list(saved[name]) != as_list(checkpoint["args"][name])]
     if differ:
         raise ConfigError(f"{flag}: {path} and {checkpoint['path']} disagree on {', '.join(differ)}")
-    args = Args(**{name: tuple(value) if isinstance(value, list) else value for name, value in saved.items()})
-    for name in ("eval_episodes", "capture_video", "seed", "cuda"):
-        setattr(args, name, getattr(cli_args, name))
-    args.resume, args.evaluate, args.config = None, None, None
-    args.compile, args.cudagraphs, args.track = False, False, False
+    args = args_from_flat(saved)
+    args.seed = cli_args.seed
+    for name in ("eval_episodes", "capture_video", "cuda"):
+        setattr(args.run, name, getattr(cli_args.run, name))
+    args.run.resume, args.run.evaluate, args.run.config = None, None, None
+    args.run.compile, args.run.cudagraphs, args.run.track = False, False, False
     return args
 
 
@@ -2069,9 +2103,9 @@ def main() -> None:
         path = config_path(sys.argv[1:])  # --config FILE.yaml: the file's values become the defaults
         defaults = run_extras("--config").config_defaults(sys.modules[__name__], path) if path else None
         args = tyro.cli(Args, description=__doc__.split("\n\n")[0], default=defaults)
-        if args.evaluate is not None and args.resume is not None:
+        if args.run.evaluate is not None and args.run.resume is not None:
             raise ConfigError("--evaluate and --resume exclude each other")
-        result = evaluate_saved_run(args) if args.evaluate is not None else train(args)
+        result = evaluate_saved_run(args) if args.run.evaluate is not None else train(args)
     except ConfigError as error:
         print(f"{ALGORITHM}.py: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import typing
 from typing import Optional
 
 
@@ -104,7 +103,7 @@ def config_defaults(script, path: str):
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of keys to values, got a {type(values).__name__}")
-    hints = typing.get_type_hints(script.Args, include_extras=True)
+    hints = script.flag_types()
     settings: dict = {}
     for key, value in values.items():
         if key == "base_config":
@@ -122,7 +121,4 @@ def config_defaults(script, path: str):
         settings[target] = list(value) if isinstance(value, list) else value
         for name, implied_value in implied.items():
             settings.setdefault(name, implied_value)
-    for name, value in settings.items():
-        if isinstance(value, list):
-            settings[name] = tuple(value)
-    return script.Args(**settings, config=path)
+    return script.args_from_flat({**settings, "config": path})

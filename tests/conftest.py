@@ -23,6 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_ALL_TESTS = os.environ.get("REQUIRE_ALL_TESTS") == "1"
 
 
+
+def replace_flags(module, args, **changes):
+    """dataclasses.replace for a script's Args, by flag name wherever the flag lives (Args or
+    Args.run): replace_flags(sac, args, resume=run_dir)."""
+    return module.args_from_flat({**module.flat_args(args), **changes})
+
+
 @pytest.fixture(autouse=True)
 def keep_mujoco_gl_unchanged():
     """A test that trains with --capture-video in this process sets MUJOCO_GL=osmesa here (the

@@ -4,7 +4,6 @@ checks the structure first, so a crafted or broken checkpoint.pt is one `error:`
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import pickle
@@ -31,10 +30,10 @@ class WritesMarker:
 
 def plain_checkpoint(module, **changes) -> dict:
     """A checkpoint whose top level is well formed for `module` on Pendulum-v1 (args included)."""
-    args = module.Args(env_id="Pendulum-v1")
+    args = module.args_from_flat(dict(env_id="Pendulum-v1"))
     if hasattr(module, "parse_w2_weights"):
         args.w2_weights = module.parse_w2_weights(args.w2_weights)
-    state = {"format": module.CHECKPOINT_FORMAT, "algorithm": module.ALGORITHM, "args": dataclasses.asdict(args),
+    state = {"format": module.CHECKPOINT_FORMAT, "algorithm": module.ALGORITHM, "args": module.flat_args(args),
              "global_step": 100, "train_time": 1.0, "train_steps": 0, "episodes": 0, "last_return": 0.0,
              "agent": {}, "replay_buffer": {}, "rng": {}, "eval_generator": torch.Generator().get_state()}
     state.update(changes)
@@ -163,9 +162,9 @@ def test_checkpoint_saves_only_the_filled_rows_of_the_buffer(tmp_path, script):
     its 200 rows, and the file is far below the 36 MB a whole-storage save of the buffer costs
     (by the same arithmetic, a Humanoid-v4 checkpoint would be ~3 GB from the first one)."""
     module = importlib.import_module(script[:-3])
-    args = module.Args(env_id="Pendulum-v1", total_timesteps=200, learning_starts=100, random_steps=100,
+    args = module.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=200, learning_starts=100, random_steps=100,
                        batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1, checkpoint_every=200,
-                       output_dir=str(tmp_path))
+                       output_dir=str(tmp_path)))
     assert args.buffer_size == 1_000_000
     if hasattr(module, "parse_w2_weights"):
         args.w2_weights = module.parse_w2_weights(args.w2_weights)
@@ -186,7 +185,7 @@ def test_the_checkpoint_keeps_every_network_optimizer_and_generator_of_the_agent
     its CHECKPOINT_PARTS (a forgotten one would restart from scratch on --resume, silently), and
     load_agent_state(agent_state(...)) carries a trained agent's values into a fresh one."""
     module = importlib.import_module(script[:-3])
-    args = module.Args(env_id="Pendulum-v1", hidden_size=16)
+    args = module.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=16))
     if hasattr(args, "autotune"):  # so the temperature's optimizer exists
         args.autotune = True
     if hasattr(module, "parse_w2_weights"):

@@ -5,13 +5,13 @@ work the same with --compile. The CUDA cases run where a GPU is present and skip
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import pytest
 import torch
 from conftest import (
+    replace_flags,
     assert_nan_stops_at_last_good_checkpoint,
     assert_resumed_to,
     interrupt_then_resume,
@@ -42,8 +42,8 @@ def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False, 
     UPDATES full updates on fixed batches, each update's random draws seeded alike;
     -> (agent, the losses of every update)."""
     extra = {"num_actors": 2, "w2_weights": [0.0, 0.1]} if module is posac else {}
-    args = module.Args(env_id="Pendulum-v1", hidden_size=64, seed=3, cuda=device == "cuda", compile=compile,
-                       cudagraphs=cudagraphs, **{**extra, **overrides})
+    args = module.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=64, seed=3, cuda=device == "cuda", compile=compile,
+                       cudagraphs=cudagraphs, **{**extra, **overrides}))
     torch.manual_seed(0)
     agent = module.Agent(args, OBS_DIM, SPACE, torch.device(device))
     module.accelerate_updates(agent, args)
@@ -117,7 +117,7 @@ def test_agents_of_other_sizes_in_one_process_each_compile(capsys):
     """The same method compiled for a second agent with other shapes must not fail over to eager
     (torch.compile's retry with symbolic shapes did, in torch 2.13: dynamic=False prevents it)."""
     for hidden_size, copies in ((24, 2), (40, 1)):  # other network sizes and another batch size
-        args = sac.Args(env_id="Pendulum-v1", hidden_size=hidden_size, compile=True)
+        args = sac.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=hidden_size, compile=True))
         agent = sac.Agent(args, OBS_DIM, SPACE, torch.device("cpu"))
         sac.accelerate_updates(agent, args)
         batch = {key: value.float().repeat(copies, *[1] * (value.dim() - 1))
@@ -141,7 +141,7 @@ def tiny(module, tmp_path, **overrides):
     base = dict(env_id="Pendulum-v1", total_timesteps=300, learning_starts=100, random_steps=100, batch_size=32,
                 hidden_size=32, eval_every=100, eval_episodes=1, log_every=100, checkpoint_every=1000,
                 output_dir=str(tmp_path), compile=True)
-    return module.Args(**{**base, **overrides})
+    return module.args_from_flat(dict(**{**base, **overrides}))
 
 
 def test_a_compiled_run_is_reproducible(tmp_path):
@@ -165,7 +165,7 @@ def test_a_cuda_graph_run_checkpoints_and_resumes(script, tmp_path):
     args = tiny(module, tmp_path, cuda=True, cudagraphs=True)
     first = module.train(args)
     assert first["global_step"] == 300
-    resumed = module.train(dataclasses.replace(args, resume=first["run_dir"], total_timesteps=400))
+    resumed = module.train(replace_flags(module, args, resume=first["run_dir"], total_timesteps=400))
     assert_resumed_to(first["run_dir"], resumed, 400)
 
 

@@ -21,7 +21,7 @@ def random_gmm(batch=5, k=3, a=2, dtype=torch.float64, seed=0):
 
 
 def agent_for(space, **overrides):
-    args = gmm.Args(env_id="Pendulum-v1", hidden_size=16, **overrides)
+    args = gmm.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=16, **overrides))
     obs_dim = 3
     return gmm.GMMAgent(args, obs_dim, space, torch.device("cpu"))
 

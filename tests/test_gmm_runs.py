@@ -1,7 +1,6 @@
 """gmm_density_matching.py end to end: every option, outputs, the headline command, reproducibility,
 resume, Ctrl-C, NaN stop, bad input and learning."""
 
-import dataclasses
 import itertools
 import json
 import os
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    replace_flags,
     COMMON_BAD_INPUTS,
     assert_episode_end_transitions_stored,
     assert_nan_stops_at_last_good_checkpoint,
@@ -38,7 +38,7 @@ def tiny(tmp_path, **overrides) -> gmm.Args:
     base = dict(env_id="Pendulum-v1", total_timesteps=300, learning_starts=100, random_steps=100, batch_size=32,
                 hidden_size=32, num_action_samples=8, eval_every=0, eval_episodes=1, log_every=100,
                 checkpoint_every=1000, output_dir=str(tmp_path))
-    return gmm.Args(**{**base, **overrides})
+    return gmm.args_from_flat(dict(**{**base, **overrides}))
 
 
 # ---- every option combination runs -----------------------------------------------------------
@@ -124,7 +124,7 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     path = os.path.join(run_dir, "checkpoint.pt")
     saved = torch.load(path, weights_only=True)
     os.remove(os.path.join(run_dir, "summary.json"))  # as if stopped during its final evaluation
-    gmm.train(dataclasses.replace(args, resume=run_dir))  # at the final step: trains nothing, re-saves
+    gmm.train(replace_flags(gmm, args, resume=run_dir))  # at the final step: trains nothing, re-saves
     reloaded = torch.load(path, weights_only=True)
     a, b = flat_state(saved), flat_state(reloaded)
     assert a.keys() == b.keys() and any("proposal_generator" in key for key in a)
@@ -135,7 +135,7 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
 def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_path):
     args = tiny(tmp_path, total_timesteps=300, eval_every=100)
     run_dir = gmm.train(args)["run_dir"]
-    result = gmm.train(dataclasses.replace(args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
+    result = gmm.train(replace_flags(gmm, args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
     assert_resumed_to(run_dir, result, 500)
 
 
@@ -191,8 +191,8 @@ def test_learns_pendulum_with_the_defaults(tmp_path):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     evals, run_dir = [], None
     for total in (9_000, 12_000, 15_000):
-        args = gmm.Args(env_id="Pendulum-v1", total_timesteps=total, eval_every=1_000, eval_episodes=5,
-                        output_dir=str(tmp_path), resume=run_dir)
+        args = gmm.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=total, eval_every=1_000, eval_episodes=5,
+                        output_dir=str(tmp_path), resume=run_dir))
         result = gmm.train(args)
         run_dir = result["run_dir"]
         evals = [(int(r["global_step"]), float(r["mean_return"])) for r in read_csv(os.path.join(run_dir, "eval.csv"))

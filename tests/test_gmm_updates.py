@@ -35,7 +35,7 @@ def small_agent(**overrides) -> gmm.GMMAgent:
     settings = dict(env_id="Hopper-v4", hidden_size=16, num_components=3, num_action_samples=8, seed=3,
                     entropy_coef=0.05)
     torch.manual_seed(0)
-    return prepared(gmm.GMMAgent(gmm.Args(**{**settings, **overrides}), OBS_DIM, SPACE, torch.device("cpu")))
+    return prepared(gmm.GMMAgent(gmm.args_from_flat(dict(**{**settings, **overrides})), OBS_DIM, SPACE, torch.device("cpu")))
 
 
 def random_batch(seed: int = 1) -> dict[str, torch.Tensor]:

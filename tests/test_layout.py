@@ -6,7 +6,10 @@ byte-identical in the three scripts."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,8 @@ import pytest
 from tools.sync_appendix import SCRIPTS, split
 
 ROOT = Path(__file__).resolve().parent.parent
-# +5 each for the --compile / --cudagraphs flags (their code is in Appendix A)
-PART_1_BUDGET = {"sac_continuous.py": 705, "posac_jko.py": 705, "gmm_density_matching.py": 805}
+# the run's flags (RunArgs) are in Appendix A, so Part 1 holds the algorithm and the loop
+PART_1_BUDGET = {"sac_continuous.py": 700, "posac_jko.py": 700, "gmm_density_matching.py": 800}
 
 
 def part_1(script: str) -> str:
@@ -69,3 +72,51 @@ def test_the_agents_share_the_update_step_names(script):
     parts = next(node.value for node in agents[0].body if isinstance(node, ast.Assign)
                  and [target.id for target in node.targets] == ["CHECKPOINT_PARTS"])
     assert isinstance(parts, ast.Tuple) and len(parts.elts) >= 5
+
+
+RUN_FLAGS = ("--exp-name", "--output-dir", "--resume", "--evaluate", "--config", "--checkpoint-every",
+             "--eval-every", "--eval-episodes", "--log-every", "--cuda", "--compile", "--track", "--capture-video")
+
+
+def help_boxes(script: str) -> dict[str, str]:
+    """`script --help`, 120 columns wide (one column of boxes, no flag wrapped), as {box title: its text}."""
+    env = {**os.environ, "COLUMNS": "120"}
+    text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120).stdout
+    parts = re.split(r"╭─ (.+?) ─+╮", text)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_algorithm_then_the_run_flags_each_flag_before_its_other_name(script):
+    boxes = help_boxes(script)
+    assert list(boxes) == ["options", "run options"], list(boxes)
+    def declares(box: str, flag: str) -> bool:  # a line of the box that starts with the flag
+        return re.search(rf"^│ ({flag}|-\w+ \S+, {flag})\b", boxes[box], flags=re.MULTILINE) is not None
+
+    for flag in RUN_FLAGS:  # the run's flags in their own group, and only there
+        assert declares("run options", flag) and not declares("options", flag), flag
+    for flag in ("--env-id", "--seed", "--total-timesteps", "--batch-size", "--gamma", "--learning-starts"):
+        assert declares("options", flag), flag
+    module = __import__(script[:-3])
+    hints = module.flag_types()
+    checked = 0
+    for name, hint in hints.items():  # a flag with a second name: the flag itself is listed first
+        for marker in getattr(hint, "__metadata__", ()):
+            other_names = [alias for alias in (getattr(marker, "aliases", None) or ()) if alias.startswith("--")]
+            if getattr(marker, "name", None):
+                other_names.append("--" + marker.name)
+            flag = "--" + name.replace("_", "-")
+            for other in set(other_names) - {flag}:
+                def where(name: str, line: str):
+                    found = re.search(rf"{name}(?![\w-])", line)
+                    return found.start() if found else None
+
+                line = next(line for box in boxes.values() for line in box.splitlines() if where(other, line) is not None)
+                assert where(flag, line) is not None and where(flag, line) < where(other, line), line
+                checked += 1
+    assert checked >= 1
+    everything = "".join(boxes.values())
+    field_names = [name for name in hints if "_" in name and name not in module.__doc__]  # lambda_q: a symbol of eq. (7)
+    for internal in ["CONFIG_KEYS", "RESUME_MUST_MATCH", "Appendix", "(README"] + field_names:
+        assert not re.search(rf"(?<![\w-]){re.escape(internal)}(?![\w-])", everything), f"{internal} in --help"

@@ -28,7 +28,7 @@ def random_batch(size: int = 64, seed: int = 1) -> dict[str, torch.Tensor]:
 
 def posac_agent(num_actors: int, seed: int = 0, **kwargs) -> pj.POSAC:
     weights = tuple([0.0] + [0.5] * (num_actors - 1))
-    args = pj.Args(env_id="Hopper-v4", num_actors=num_actors, w2_weights=weights, hidden_size=64, **kwargs)
+    args = pj.args_from_flat(dict(env_id="Hopper-v4", num_actors=num_actors, w2_weights=weights, hidden_size=64, **kwargs))
     torch.manual_seed(seed)
     return pj.POSAC(args, OBS_DIM, SPACE, torch.device("cpu"))
 
@@ -130,8 +130,8 @@ def test_one_actor_update_equals_sac_continuous_update(autotune):
     """Same initial state, same batch, same torch RNG state: one full update (critic step, target
     update, actor step, temperature step) of POSAC with 1 actor and of sac_continuous.py with the
     same settings leaves every parameter bit-identical."""
-    sac_args = sac.Args(env_id="Hopper-v4", autotune=autotune, alpha=0.2, q_lr=3e-4, policy_lr=3e-4)
-    posac_args = pj.Args(env_id="Hopper-v4", num_actors=1, autotune=autotune, alpha=0.2, lr=3e-4)
+    sac_args = sac.args_from_flat(dict(env_id="Hopper-v4", autotune=autotune, alpha=0.2, q_lr=3e-4, policy_lr=3e-4))
+    posac_args = pj.args_from_flat(dict(env_id="Hopper-v4", num_actors=1, autotune=autotune, alpha=0.2, lr=3e-4))
     torch.manual_seed(0)
     reference = sac.SAC(sac_args, OBS_DIM, SPACE, torch.device("cpu"))
     torch.manual_seed(123)  # a different init, overwritten below: the state dicts must line up by name
@@ -207,7 +207,8 @@ def test_the_sources_command_line_resolves_to_every_setting_the_source_fixes():
                                    "--eval-freq", "10", "--num-actors", "2", "--w2-weights", "0.0,0.1",
                                    "--lr", "0.0003", "--cuda"])
     pj.validate_args(args)
-    resolved = {name: getattr(args, name) for name in (
+    flags = pj.flat_args(args)
+    resolved = {name: flags[name] for name in (
         "env_id", "seed", "total_timesteps", "eval_freq_episodes", "num_actors", "w2_weights", "lr", "cuda",
         "gamma", "tau", "alpha", "autotune", "batch_size", "random_steps", "learning_starts", "updates_per_step",
         "eval_episodes", "hidden_size", "num_envs")}
@@ -237,6 +238,6 @@ def test_the_sources_command_line_resolves_to_every_setting_the_source_fixes():
     ({"eval_freq_episodes": 0}, "--eval-freq"),
 ])
 def test_bad_inputs_are_rejected_with_a_clear_message(overrides, message):
-    args = pj.Args(**{"env_id": "Pendulum-v1", **overrides})
+    args = pj.args_from_flat(dict(**{"env_id": "Pendulum-v1", **overrides}))
     with pytest.raises(pj.ConfigError, match=message.replace("+", r"\+")):
         pj.validate_args(args)

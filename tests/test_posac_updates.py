@@ -25,7 +25,7 @@ def float64_agent(num_actors: int = 3, **overrides) -> pj.POSAC:
     settings = dict(env_id="Hopper-v4", num_actors=num_actors, w2_weights=W2_WEIGHTS[:num_actors], hidden_size=16,
                     alpha=0.5, lambda_q=1.5)
     torch.manual_seed(0)
-    agent = pj.POSAC(pj.Args(**{**settings, **overrides}), OBS_DIM, SPACE, torch.device("cpu"))
+    agent = pj.POSAC(pj.args_from_flat(dict(**{**settings, **overrides})), OBS_DIM, SPACE, torch.device("cpu"))
     return prepared(agent, agent.actors, agent.critics, agent.target_critics, dtype=torch.float64)
 
 

@@ -1,7 +1,6 @@
 """sac_continuous.py end to end: every option, outputs, reproducibility, resume, Ctrl-C, NaN stop,
 bad input, done-handling and learning."""
 
-import dataclasses
 import itertools
 import json
 import os
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    replace_flags,
     COMMON_BAD_INPUTS,
     REPO,
     assert_episode_end_transitions_stored,
@@ -38,7 +38,7 @@ def tiny(tmp_path, **overrides) -> sac.Args:
     base = dict(env_id="Pendulum-v1", total_timesteps=300, learning_starts=100, random_steps=100, batch_size=32,
                 hidden_size=32, eval_every=0, eval_episodes=1, log_every=100, checkpoint_every=1000,
                 output_dir=str(tmp_path))
-    return sac.Args(**{**base, **overrides})
+    return sac.args_from_flat(dict(**{**base, **overrides}))
 
 
 # ---- every option combination runs -----------------------------------------------------------
@@ -111,7 +111,7 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     # as if stopped during its final evaluation (no summary.json): resuming at the final step trains
     # nothing, so the re-written checkpoint is the loaded state
     os.remove(os.path.join(run_dir, "summary.json"))
-    sac.train(dataclasses.replace(args, resume=run_dir))
+    sac.train(replace_flags(sac, args, resume=run_dir))
     reloaded = torch.load(path, weights_only=True)
     a, b = flat_state(saved), flat_state(reloaded)
     assert a.keys() == b.keys() and len(a) > 30
@@ -127,7 +127,7 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
 def test_resumed_run_reaches_total_timesteps_and_rows_are_not_duplicated(tmp_path):
     args = tiny(tmp_path, total_timesteps=300, eval_every=100)
     run_dir = sac.train(args)["run_dir"]
-    result = sac.train(dataclasses.replace(args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
+    result = sac.train(replace_flags(sac, args, resume=os.path.join(run_dir, "checkpoint.pt"), total_timesteps=500))
     assert_resumed_to(run_dir, result, 500)
 
 
@@ -140,12 +140,12 @@ def test_resuming_a_finished_run_is_one_error_unless_its_final_evaluation_is_mis
     eval_csv = os.path.join(run_dir, "eval.csv")
     before = open(eval_csv).read()
     with pytest.raises(sac.ConfigError, match="already reached step 200"):
-        sac.train(dataclasses.replace(args, resume=run_dir))
+        sac.train(replace_flags(sac, args, resume=run_dir))
     assert open(eval_csv).read() == before
     os.remove(os.path.join(run_dir, "summary.json"))
     lines = before.splitlines()
     open(eval_csv, "w").write("\n".join(lines[:-2]) + "\n")  # the final evaluation's two rows were not written
-    result = sac.train(dataclasses.replace(args, resume=run_dir))
+    result = sac.train(replace_flags(sac, args, resume=run_dir))
     after = open(eval_csv).read().splitlines()
     assert result["global_step"] == 200 and after[:-2] == lines[:-2]
     assert [row["global_step"] for row in read_csv(eval_csv)].count("200") == 2  # deterministic, stochastic
@@ -231,8 +231,8 @@ def test_track_mirrors_to_wandb_offline(tmp_path, monkeypatch):
 def test_default_sac_learns_pendulum_within_10k_steps(tmp_path):
     """The issue's bar: default hyperparameters, deterministic evaluation mean >= -300 by 10,000
     steps (a random policy scores about -1200; a solved Pendulum about -150)."""
-    args = sac.Args(env_id="Pendulum-v1", total_timesteps=10_000, eval_every=0, eval_episodes=10,
-                    output_dir=str(tmp_path), log_every=2000)
+    args = sac.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=10_000, eval_every=0, eval_episodes=10,
+                    output_dir=str(tmp_path), log_every=2000))
     result = sac.train(args)
     deterministic = result["final_eval"][0]
     assert deterministic["mode"] == "deterministic"

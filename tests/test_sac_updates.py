@@ -22,7 +22,7 @@ CLOSE = dict(rtol=1e-4, atol=1e-6)  # float64; the scripts' eps = 1e-6 in the ta
 def float64_agent(**overrides) -> sac.SAC:
     settings = dict(env_id="Hopper-v4", hidden_size=16, autotune=False, alpha=0.5, num_critic_networks=3)
     torch.manual_seed(0)
-    agent = sac.SAC(sac.Args(**{**settings, **overrides}), OBS_DIM, SPACE, torch.device("cpu"))
+    agent = sac.SAC(sac.args_from_flat(dict(**{**settings, **overrides})), OBS_DIM, SPACE, torch.device("cpu"))
     return prepared(agent, agent.actor, agent.critics, agent.target_critics, dtype=torch.float64)
 
 

@@ -83,7 +83,8 @@ class Args:
 def build_agent(module, args: Args, space: gym.spaces.Box, obs_dim: int, compile: bool):
     """One agent of `module` (seed 1; POSAC with two actors, W2 weights 0 and 0.1)."""
     extra = {"num_actors": 2, "w2_weights": [0.0, 0.1]} if module.__name__ == "posac_jko" else {}
-    run_args = module.Args(env_id=args.env_id, seed=1, hidden_size=args.hidden_size, compile=compile, **extra)
+    run_args = module.args_from_flat(dict(env_id=args.env_id, seed=1, hidden_size=args.hidden_size, compile=compile,
+                                          **extra))
     torch.manual_seed(1)
     return module.Agent(run_args, obs_dim, space, torch.device("cpu")), run_args
 

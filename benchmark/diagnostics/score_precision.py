@@ -48,7 +48,7 @@ def compare_scoring(checkpoint_path: str, num_states: int = 1024, seed: int = 0,
         checkpoint = gmm.read_checkpoint(checkpoint_path, flag="--checkpoint")
     except gmm.ConfigError as error:  # missing, unreadable, foreign or from another version
         raise SystemExit(f"error: {error}") from None
-    args = gmm.Args(**checkpoint["args"])
+    args = gmm.args_from_flat(checkpoint["args"])
     action_space = gmm.check_env(args.env_id)
     buffer = checkpoint["replay_buffer"]
     agent = gmm.GMMAgent(args, buffer["obs"].shape[1], action_space, torch.device("cpu"))

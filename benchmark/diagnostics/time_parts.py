@@ -115,11 +115,11 @@ def time_training_loop(args: Args, module) -> tuple[dict, Timers]:
     timers.wrap(gym.vector.SyncVectorEnv, "step", "env step")
     try:
         with tempfile.TemporaryDirectory() as output_dir:
-            run_args = module.Args(env_id=args.env_id, total_timesteps=args.total_timesteps,
-                                   learning_starts=args.learning_starts, random_steps=args.learning_starts,
-                                   hidden_size=256, num_layers=2, batch_size=256, eval_every=0, eval_episodes=1,
-                                   log_every=10 * args.total_timesteps, checkpoint_every=10 * args.total_timesteps,
-                                   output_dir=output_dir)
+            run_args = module.args_from_flat(dict(
+                env_id=args.env_id, total_timesteps=args.total_timesteps, learning_starts=args.learning_starts,
+                random_steps=args.learning_starts, hidden_size=256, num_layers=2, batch_size=256, eval_every=0,
+                eval_episodes=1, log_every=10 * args.total_timesteps, checkpoint_every=10 * args.total_timesteps,
+                output_dir=output_dir))
             result = module.train(run_args)
     finally:
         timers.remove()
