@@ -565,6 +565,8 @@ class SAC:
     # what a checkpoint keeps of the agent, restored in this order (Appendix A: agent_state)
     CHECKPOINT_PARTS = ("actor", "critics", "target_critics", "actor_optimizer", "critic_optimizer",
                         "log_alpha", "alpha_optimizer", "critic_updates", "backup_generator")
+    # the update methods --compile compiles as they are (Appendix A: accelerate_updates)
+    COMPILED_STEPS = ("critic_step", "actor_step", "temperature_step")
 
 
 Agent = SAC  # the agent class by the name Appendix A uses (--evaluate builds one)
@@ -675,7 +677,8 @@ def loss_scalars(losses: dict[str, torch.Tensor], agent: SAC) -> dict[str, float
 # What it takes from Part 1, by name: ALGORITHM, Args (its `run` field holds RunArgs), RESUME_MUST_MATCH,
 # PER_ACTOR_EVALUATION, CONFIG_KEYS and CONFIG_BASE (--config), validate_args, make_env, train,
 # and `Agent`, the agent class, built as Agent(args, obs_dim, action_space, device), with
-# `policies` (the actors to evaluate) and CHECKPOINT_PARTS (its attributes a checkpoint keeps).
+# `policies` (the actors to evaluate), CHECKPOINT_PARTS (its attributes a checkpoint keeps) and
+# COMPILED_STEPS (its update methods --compile compiles).
 # train() calls the run functions below in order: read_resume_checkpoint, open_run_folder,
 # training_session, finished_episodes, any_nonfinite, crossed, log_progress, evaluate_policies,
 # save_run_checkpoint, finish_run.
@@ -1788,7 +1791,7 @@ def pick_device(want_cuda: bool) -> torch.device:
 # torch.compile as it is (graph breaks at backward() and the optimizer included); --cudagraphs then
 # records each compiled method once as a CUDA graph and replays it: one launch instead of hundreds
 # of small kernels, which is where a GPU loses its time at these network sizes (LeanRL's recipe).
-UPDATE_METHODS = ("critic_step", "actor_step", "temperature_step")
+# The agent names the methods (Agent.COMPILED_STEPS); a name it lacks is an AttributeError here.
 
 
 def compile_errors() -> tuple:
@@ -1817,10 +1820,9 @@ def accelerate_updates(agent, args: Args) -> None:
     print("notice: --compile: the first updates compile the update step (tens of seconds)"
           + (", then record it as CUDA graphs" if args.run.cudagraphs else ""), file=sys.stderr)
     compiled_steps = []  # shared: if one fails to compile, all fall back together
-    for name in UPDATE_METHODS:
-        if hasattr(agent, name):
-            step = CompiledStep(getattr(agent, name), name, compiled_steps)
-            setattr(agent, name, CudaGraphStep(step, agent) if args.run.cudagraphs else step)
+    for name in agent.COMPILED_STEPS:
+        step = CompiledStep(getattr(agent, name), name, compiled_steps)
+        setattr(agent, name, CudaGraphStep(step, agent) if args.run.cudagraphs else step)
 
 
 class CompiledStep:

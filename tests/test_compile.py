@@ -125,7 +125,7 @@ def test_agents_of_other_sizes_in_one_process_each_compile(capsys):
         losses = agent.critic_step(batch)
         losses |= agent.actor_step(batch)
         agent.temperature_step(losses["log_prob"])
-        assert all(getattr(agent, name).compiled is not None for name in sac.UPDATE_METHODS), hidden_size
+        assert all(getattr(agent, name).compiled is not None for name in agent.COMPILED_STEPS), hidden_size
     assert "run eagerly" not in capsys.readouterr().err
 
 

@@ -72,6 +72,10 @@ def test_the_agents_share_the_update_step_names(script):
     parts = next(node.value for node in agents[0].body if isinstance(node, ast.Assign)
                  and [target.id for target in node.targets] == ["CHECKPOINT_PARTS"])
     assert isinstance(parts, ast.Tuple) and len(parts.elts) >= 5
+    compiled = next(node.value for node in agents[0].body if isinstance(node, ast.Assign)
+                    and [target.id for target in node.targets] == ["COMPILED_STEPS"])
+    named = [element.value for element in compiled.elts]  # --compile finds each by this name
+    assert {"critic_step", "actor_step"} <= set(named) <= methods, named
 
 
 RUN_FLAGS = ("--exp-name", "--output-dir", "--resume", "--evaluate", "--config", "--checkpoint-every",

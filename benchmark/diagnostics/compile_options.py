@@ -141,8 +141,8 @@ def apply_option(option: str, module, agent, run_args) -> None:
                         group["fused"], group["foreach"] = None, True
     module.accelerate_updates(agent, run_args)
     if option == "max-autotune":
-        for name in module.UPDATE_METHODS:
-            step = getattr(agent, name, None)
+        for name in agent.COMPILED_STEPS:
+            step = getattr(agent, name)
             if isinstance(step, module.CompiledStep):
                 step.compiled = torch.compile(step.eager, mode="max-autotune-no-cudagraphs")
 
@@ -173,7 +173,7 @@ def time_one_option(args: Args) -> dict:
         compiled_ms.append(round_of_updates(compiled, round_index, args.updates))
     moved = max(float((now - then).abs().max()) for now, then in zip(parameters_of(compiled), start_parameters))
     compiled_for_real = all(getattr(getattr(compiled, name), "compiled", None) is not None
-                            for name in module.UPDATE_METHODS if hasattr(compiled, name))
+                            for name in compiled.COMPILED_STEPS)
     return {"option": args.one_option, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
             "compile_s": compile_seconds, "moved": moved, "from_eager": from_eager,
             "compiled_for_real": compiled_for_real}
