@@ -163,8 +163,8 @@ def test_checkpoint_saves_only_the_filled_rows_of_the_buffer(tmp_path, script):
     (by the same arithmetic, a Humanoid-v4 checkpoint would be ~3 GB from the first one)."""
     module = importlib.import_module(script[:-3])
     args = module.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=200, learning_starts=100, random_steps=100,
-                       batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1, checkpoint_every=200,
-                       output_dir=str(tmp_path)))
+                                      batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1,
+                                      checkpoint_every=200, output_dir=str(tmp_path)))
     assert args.buffer_size == 1_000_000
     if hasattr(module, "parse_w2_weights"):
         args.w2_weights = module.parse_w2_weights(args.w2_weights)

@@ -11,10 +11,10 @@ import os
 import pytest
 import torch
 from conftest import (
-    replace_flags,
     assert_nan_stops_at_last_good_checkpoint,
     assert_resumed_to,
     interrupt_then_resume,
+    replace_flags,
     run_script,
     skip_unless_available,
 )
@@ -42,8 +42,8 @@ def updated_agent(module, device: str, compile: bool, cudagraphs: bool = False, 
     UPDATES full updates on fixed batches, each update's random draws seeded alike;
     -> (agent, the losses of every update)."""
     extra = {"num_actors": 2, "w2_weights": [0.0, 0.1]} if module is posac else {}
-    args = module.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=64, seed=3, cuda=device == "cuda", compile=compile,
-                       cudagraphs=cudagraphs, **{**extra, **overrides}))
+    args = module.args_from_flat(dict(env_id="Pendulum-v1", hidden_size=64, seed=3, cuda=device == "cuda",
+                                      compile=compile, cudagraphs=cudagraphs, **{**extra, **overrides}))
     torch.manual_seed(0)
     agent = module.Agent(args, OBS_DIM, SPACE, torch.device(device))
     module.accelerate_updates(agent, args)
@@ -144,8 +144,15 @@ def tiny(module, tmp_path, **overrides):
     return module.args_from_flat(dict(**{**base, **overrides}))
 
 
+def compiled_run_from_a_fresh_compiler(module, args) -> dict:
+    """module.train(args) as a new process runs it: torch.compile's caches emptied first (an earlier
+    compile in this process, of other shapes, would otherwise decide what this one reuses)."""
+    torch._dynamo.reset()
+    return module.train(args)
+
+
 def test_a_compiled_run_is_reproducible(tmp_path):
-    first, second = (sac.train(tiny(sac, tmp_path / name)) for name in ("a", "b"))
+    first, second = (compiled_run_from_a_fresh_compiler(sac, tiny(sac, tmp_path / name)) for name in ("a", "b"))
     read = lambda result: open(os.path.join(result["run_dir"], "eval.csv")).read()  # noqa: E731
     assert read(first) == read(second)  # same seed, same CPU: the same numbers, compiled too
 

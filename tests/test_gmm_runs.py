@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    replace_flags,
     COMMON_BAD_INPUTS,
     assert_episode_end_transitions_stored,
     assert_nan_stops_at_last_good_checkpoint,
@@ -22,6 +21,7 @@ from conftest import (
     interrupt_then_resume,
     only_run_dir,
     read_csv,
+    replace_flags,
     require_video,
     run_script,
 )
@@ -192,7 +192,7 @@ def test_learns_pendulum_with_the_defaults(tmp_path):
     evals, run_dir = [], None
     for total in (9_000, 12_000, 15_000):
         args = gmm.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=total, eval_every=1_000, eval_episodes=5,
-                        output_dir=str(tmp_path), resume=run_dir))
+                                       output_dir=str(tmp_path), resume=run_dir))
         result = gmm.train(args)
         run_dir = result["run_dir"]
         evals = [(int(r["global_step"]), float(r["mean_return"])) for r in read_csv(os.path.join(run_dir, "eval.csv"))

@@ -149,9 +149,10 @@ def test_pendulum_actor_0_learns_and_actor_1_is_evaluated(tmp_path):
     default and would be the whole budget here; Pendulum episodes are 200 steps, so the test
     starts learning (and actor 0 acting) after 1,000 steps, with a smaller batch and network to keep
     the test short (a few minutes on 2 cores)."""
-    args = pj.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=10_000, learning_starts=1_000, random_steps=1_000, batch_size=128,
-                   hidden_size=128, num_actors=2, w2_weights=(0.0, 0.1), eval_every=2_500, eval_episodes=5,
-                   log_every=1_000, seed=1, output_dir=str(tmp_path)))
+    args = pj.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=10_000, learning_starts=1_000,
+                                  random_steps=1_000, batch_size=128, hidden_size=128, num_actors=2,
+                                  w2_weights=(0.0, 0.1), eval_every=2_500, eval_episodes=5, log_every=1_000, seed=1,
+                                  output_dir=str(tmp_path)))
     result = pj.train(args)
     rows = read_csv(os.path.join(result["run_dir"], "eval.csv"))
     actor_0 = [float(r["mean_return"]) for r in rows if r["policy"] == "0" and r["mode"] == "deterministic"]

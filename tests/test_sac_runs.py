@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    replace_flags,
     COMMON_BAD_INPUTS,
     REPO,
     assert_episode_end_transitions_stored,
@@ -26,6 +25,7 @@ from conftest import (
     interrupt_then_resume,
     only_run_dir,
     read_csv,
+    replace_flags,
     require_video,
     run_script,
 )
@@ -232,7 +232,7 @@ def test_default_sac_learns_pendulum_within_10k_steps(tmp_path):
     """The issue's bar: default hyperparameters, deterministic evaluation mean >= -300 by 10,000
     steps (a random policy scores about -1200; a solved Pendulum about -150)."""
     args = sac.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=10_000, eval_every=0, eval_episodes=10,
-                    output_dir=str(tmp_path), log_every=2000))
+                                   output_dir=str(tmp_path), log_every=2000))
     result = sac.train(args)
     deterministic = result["final_eval"][0]
     assert deterministic["mode"] == "deterministic"

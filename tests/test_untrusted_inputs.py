@@ -465,9 +465,9 @@ def test_resuming_a_kill_during_the_final_evaluation_writes_each_row_once(script
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_nan_from_the_env_stops_before_it_is_stored_or_checkpointed(script, tmp_path):
     module = module_of(script)
-    args = module.args_from_flat(dict(env_id="ScriptedNaN-v0", total_timesteps=2000, learning_starts=1500, random_steps=1500,
-                       batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1, checkpoint_every=300,
-                       log_every=100, output_dir=str(tmp_path)))
+    args = module.args_from_flat(dict(env_id="ScriptedNaN-v0", total_timesteps=2000, learning_starts=1500,
+                                      random_steps=1500, batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1,
+                                      checkpoint_every=300, log_every=100, output_dir=str(tmp_path)))
     if hasattr(module, "parse_w2_weights"):
         args.w2_weights = module.parse_w2_weights(args.w2_weights)
     with pytest.raises(module.NonFiniteLossError, match=r"at step 601; .*Last good checkpoint: .*step 600"):
@@ -546,8 +546,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(script, handed_o
 def test_the_same_command_three_times_in_one_second_gets_three_folders(tmp_path, monkeypatch):
     sac = module_of("sac_continuous.py")
     monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
-    args = sac.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=50, learning_starts=100, random_steps=100, batch_size=32,
-                    hidden_size=32, eval_every=0, eval_episodes=1, log_every=100, output_dir=str(tmp_path)))
+    args = sac.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=50, learning_starts=100, random_steps=100,
+                                   batch_size=32, hidden_size=32, eval_every=0, eval_episodes=1, log_every=100,
+                                   output_dir=str(tmp_path)))
     folders = {sac.train(args)["run_dir"] for _ in range(3)}
     assert len(folders) == 3 and all(os.path.isdir(folder) for folder in folders)
 

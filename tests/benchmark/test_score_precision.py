@@ -12,7 +12,8 @@ from benchmark.diagnostics.score_precision import compare_scoring, report
 def trained_run(tmp_path_factory) -> str:
     args = gmm.args_from_flat(dict(env_id="Pendulum-v1", total_timesteps=400, learning_starts=100, random_steps=100,
                                    batch_size=32, hidden_size=64, num_action_samples=16, eval_every=0, eval_episodes=1,
-                                   log_every=100, checkpoint_every=1000, output_dir=str(tmp_path_factory.mktemp("runs"))))
+                                   log_every=100, checkpoint_every=1000,
+                                   output_dir=str(tmp_path_factory.mktemp("runs"))))
     return gmm.train(args)["run_dir"]
 
 
