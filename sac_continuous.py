@@ -1012,7 +1012,7 @@ def open_run_folder(args: Args, checkpoint: Optional[dict], agent, buffer, devic
                    resume="allow", save_code=True, dir=run_dir)  # wandb/ inside the run folder
         closers.append(wandb.finish)
     resume_step = progress.global_step if checkpoint is not None else None
-    logger = RunLogger(run_dir, resume_step, len(agent.policies) if PER_ACTOR_EVALUATION else 0, previous_rows)
+    logger = RunLogger(run_dir, resume_step, PER_ACTOR_EVALUATION, previous_rows)
     closers = [logger.close, eval_env.close] + closers + [lambda: os.close(folder_lock)]
     run = RunFolder(args, run_dir, logger, eval_env, eval_generator, device, closers, time.time(),
                     progress.global_step, resume_step)
@@ -1044,8 +1044,7 @@ def restore_checkpoint(args: Args, checkpoint: dict, agent, buffer, eval_generat
     # resumed at the end of its budget: the final evaluation (maybe cut short by a kill) runs
     # again, so the rows it wrote at this step go, or they would appear twice
     redo_step = progress.global_step if progress.global_step >= args.total_timesteps else None
-    return read_previous_rows(os.path.dirname(os.path.abspath(checkpoint["path"])), progress.global_step, redo_step,
-                              len(agent.policies) if PER_ACTOR_EVALUATION else 0)
+    return read_previous_rows(os.path.dirname(os.path.abspath(checkpoint["path"])), progress.global_step, redo_step)
 
 
 @contextlib.contextmanager
@@ -1126,18 +1125,14 @@ def evaluate_policies(run: RunFolder, agent, step: int) -> list[dict]:
     if PER_ACTOR_EVALUATION:
         print(f"Evaluation over {args.run.eval_episodes} episodes (step {step}):", flush=True)
     for i, policy in enumerate(agent.policies):
-        means = {}
         for mode in ("deterministic", "stochastic"):
             returns = evaluate(policy, run.eval_env, args.run.eval_episodes, args.seed + 100_000,
                                mode == "deterministic", run.device, run.eval_generator)
             run.logger.evaluation(step, i, mode, returns)
-            means[mode] = float(returns.mean())
-            results.append({"policy": i, "mode": mode, "mean_return": means[mode],
+            results.append({"policy": i, "mode": mode, "mean_return": float(returns.mean()),
                             "std_return": float(returns.std()), "episodes": len(returns)})
             if PER_ACTOR_EVALUATION:
-                print(f"  Actor {i} - {mode.capitalize()}: {means[mode]:.2f}", flush=True)
-        if PER_ACTOR_EVALUATION:
-            run.logger.actor_array(step, i, means["deterministic"], means["stochastic"])
+                print(f"  Actor {i} - {mode.capitalize()}: {returns.mean():.2f}", flush=True)
     if not PER_ACTOR_EVALUATION:
         det, sto = results[0], results[1]
         print(f"eval at step {step}: deterministic {det['mean_return']:.2f} +- {det['std_return']:.2f}"
@@ -1178,16 +1173,16 @@ def peak_resident_mb() -> float:
 # ---- outputs: TensorBoard, metrics.csv, eval.csv -------------------------------------------
 class RunLogger:
     """Writes every scalar to TensorBoard and to metrics.csv (long format: step, time, tag, value),
-    and evaluations to eval.csv. With --track, wandb mirrors TensorBoard (sync_tensorboard, as in
-    CleanRL). With num_actor_arrays > 0 (POSAC) also the source's eval_actor_{i}.npy arrays.
-    A resumed run passes the rows to keep (read_previous_rows, checked before anything changed)."""
+    and evaluations to eval.csv (with per_actor, also under eval/actor_{i}/ tags). With --track,
+    wandb mirrors TensorBoard (sync_tensorboard, as in CleanRL). A resumed run passes the rows to
+    keep (read_previous_rows, checked before anything changed)."""
 
-    def __init__(self, run_dir: str, resume_step: Optional[int], num_actor_arrays: int = 0,
+    def __init__(self, run_dir: str, resume_step: Optional[int], per_actor: bool = False,
                  previous_rows: Optional[dict] = None):
         from torch.utils.tensorboard import SummaryWriter
 
         if resume_step is not None and previous_rows is None:
-            previous_rows = read_previous_rows(run_dir, resume_step, None, num_actor_arrays)
+            previous_rows = read_previous_rows(run_dir, resume_step, None)
         # purge_step hides TensorBoard events logged after the checkpoint we resume from
         self.writer = SummaryWriter(run_dir, purge_step=resume_step)
         self.metrics_path = os.path.join(run_dir, "metrics.csv")
@@ -1197,11 +1192,7 @@ class RunLogger:
             atomic_write_text(path, lambda f: csv.writer(f).writerows([header] + rows))
         self.metrics_file = open_for_append(self.metrics_path)
         self.metrics_csv = csv.writer(self.metrics_file)
-        self.per_actor = num_actor_arrays > 0
-        # the per-actor evaluation arrays: rows [global_step, deterministic mean, stochastic mean]
-        self.actor_array_paths = [os.path.join(run_dir, f"eval_actor_{i}.npy") for i in range(num_actor_arrays)]
-        self.actor_arrays = [previous_rows[os.path.basename(path)] if previous_rows else np.zeros((0, 3))
-                             for path in self.actor_array_paths]
+        self.per_actor = per_actor
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         now = time.time()
@@ -1218,12 +1209,6 @@ class RunLogger:
             tags[f"eval/{mode}_return"] = float(returns.mean())
         self.scalars(step, tags)
 
-    def actor_array(self, step: int, actor: int, deterministic_mean: float, stochastic_mean: float) -> None:
-        """Append [step, deterministic mean, stochastic mean] to eval_actor_{actor}.npy (atomically)."""
-        row = np.array([[step, deterministic_mean, stochastic_mean]], dtype=np.float64)
-        self.actor_arrays[actor] = np.concatenate([self.actor_arrays[actor], row])
-        atomic_save_array(self.actor_array_paths[actor], self.actor_arrays[actor])
-
     def close(self) -> None:
         self.writer.close()
         self.metrics_file.close()
@@ -1231,6 +1216,10 @@ class RunLogger:
 
 METRICS_HEADER = ["global_step", "wall_time", "metric", "value"]
 EVAL_HEADER = ["global_step", "policy", "mode", "mean_return", "std_return", "episodes"]
+# what each column holds, checked in every row a resumed run keeps: "count" (a plain integer), "number"
+# (a float, NaN included: an episode's return can be one), "mode", "name" (any text)
+COLUMN_KINDS = {"global_step": "count", "wall_time": "number", "metric": "name", "value": "number",
+                "policy": "count", "mode": "mode", "mean_return": "number", "std_return": "number", "episodes": "count"}
 
 
 # ---- a run folder is untrusted input -----------------------------------------------------------
@@ -1315,10 +1304,10 @@ def open_for_append(path: str):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o644), "a", newline="")
 
 
-def read_previous_rows(run_dir: str, last_step: int, redo_step: Optional[int], num_actor_arrays: int) -> dict:
-    """The rows of metrics.csv, eval.csv and the eval_actor_{i}.npy arrays a resumed run keeps: those
-    up to the checkpoint's step (later ones would appear twice), minus the evaluation rows at
-    `redo_step` (the final evaluation, which runs again). Every row is checked first."""
+def read_previous_rows(run_dir: str, last_step: int, redo_step: Optional[int]) -> dict:
+    """The rows of metrics.csv and eval.csv a resumed run keeps: those up to the checkpoint's step
+    (later ones would appear twice), minus the evaluation rows at `redo_step` (the final evaluation,
+    which runs again). Every row is checked first."""
     def evaluation_at_redo_step(step: int, row: list[str], is_metric: bool) -> bool:
         return step == redo_step and (not is_metric or row[2].startswith("eval/"))
 
@@ -1326,15 +1315,12 @@ def read_previous_rows(run_dir: str, last_step: int, redo_step: Optional[int], n
     for name, header in (("metrics.csv", METRICS_HEADER), ("eval.csv", EVAL_HEADER)):
         rows[name] = [row for row in read_csv_rows(os.path.join(run_dir, name), header)
                       if int(row[0]) <= last_step and not evaluation_at_redo_step(int(row[0]), row, name == "metrics.csv")]
-    for i in range(num_actor_arrays):
-        array = read_actor_array(os.path.join(run_dir, f"eval_actor_{i}.npy"), last_step)
-        rows[f"eval_actor_{i}.npy"] = array[array[:, 0] != redo_step] if redo_step is not None else array
     return rows
 
 
 def read_csv_rows(path: str, header: list[str]) -> list[list[str]]:
-    """A run folder's CSV as rows (header excluded), each checked: the right number of columns and a
-    global_step that is a plain integer. A missing file has no rows."""
+    """A run folder's CSV as rows (header excluded), each checked: the right number of columns, each
+    holding what COLUMN_KINDS says (a step is a plain integer up to MAX_STEP). A missing file has no rows."""
     if not os.path.exists(path):
         return []
     try:
@@ -1345,29 +1331,22 @@ def read_csv_rows(path: str, header: list[str]) -> list[list[str]]:
     if not rows or rows[0] != header:
         raise ConfigError(f"{path} does not start with the header {','.join(header)}")
     for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header) or not (row[0].isascii() and row[0].isdigit() and int(row[0]) <= MAX_STEP):
+        if len(row) != len(header) or not all(cell_fits(cell, COLUMN_KINDS[column]) for cell, column in zip(row, header)):
             raise ConfigError(f"{path}, row {number}: not a row of this file ({short(row)})")
     return rows[1:]
 
 
-def read_actor_array(path: str, last_step: int) -> np.ndarray:
-    """A POSAC eval_actor_{i}.npy's rows up to last_step: float64 [step, det, sto] rows. Its header is
-    checked against the file's size before any array is allocated (a header may claim 240 GB)."""
-    if not os.path.exists(path):
-        return np.zeros((0, 3))
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            shape, fortran_order, dtype = read_header[version](f)
-            if (dtype != np.float64 or fortran_order or len(shape) != 2 or shape[1] != 3
-                    or shape[0] * 3 * 8 > os.path.getsize(path) - f.tell()):
-                raise ValueError(f"not an array of [step, deterministic, stochastic] rows: {short(shape)} {dtype}")
-            f.seek(0)
-            array = np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError, SyntaxError) as error:  # KeyError: an unknown .npy version
-        raise ConfigError(f"cannot read {path} ({one_line(error)})") from None
-    return array[array[:, 0] <= last_step]
+def cell_fits(cell: str, kind: str) -> bool:
+    """Whether a CSV cell holds what its column's kind (COLUMN_KINDS) says."""
+    if kind == "count":
+        return cell.isascii() and cell.isdigit() and int(cell) <= MAX_STEP
+    if kind == "number":
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+    return cell in ("deterministic", "stochastic") if kind == "mode" else True
 
 
 def atomic_write(path: str, write, mode: str = "w") -> None:
@@ -1395,11 +1374,6 @@ def atomic_write(path: str, write, mode: str = "w") -> None:
 def atomic_write_text(path: str, write) -> None:
     """A text file written atomically (atomic_write)."""
     atomic_write(path, write, "w")
-
-
-def atomic_save_array(path: str, array: np.ndarray) -> None:
-    """np.save, atomically (atomic_write)."""
-    atomic_write(path, lambda f: np.save(f, array), "wb")
 
 
 # ---- checkpoints: written atomically, read as data only --------------------------------------

@@ -601,7 +601,7 @@ def train(args: Args) -> dict:
                                   "to train on")
             # the final evaluation of a run resumed at its budget runs again: its rows go (as the scripts do)
             redo_step = state["global_step"] if state["global_step"] >= args.total_timesteps else None
-            previous_rows = read_previous_rows(str(run_dir), state["global_step"], redo_step, 0)
+            previous_rows = read_previous_rows(str(run_dir), state["global_step"], redo_step)
         except BaseException:
             envs.close()
             raise
@@ -624,7 +624,7 @@ def train(args: Args) -> dict:
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=asdict(args), name=run_dir.name, id=run_dir.name, resume="allow")
-    logger = RunLogger(str(run_dir), state["global_step"] if args.resume else None, 0, previous_rows)
+    logger = RunLogger(str(run_dir), state["global_step"] if args.resume else None, False, previous_rows)
     callback = make_callback(args, run_dir, logger, state, eval_env)
     start_time, start_step = time.time(), state["global_step"]
     final_eval: list[dict] = []
