@@ -10,12 +10,19 @@
 #               sizes of the 100k campaign)                                 seed 1
 #   gmm_source  gmm_density_matching.py with the source's sampler (--proposal gaussian
 #               --temperature-mode fixed --temperature 1), 100,000 steps    seed 1
-# Two lanes of one run at a time, one thread each (so two runs on the two cores): lane A holds the
-# SAC-family runs, lane B the three GMM seeds (the slowest per step), about the same core-hours each.
+# A queue of the ten runs, taken in order by CAMPAIGN_WORKERS workers (default 2: two runs at a time
+# on the 2-core VM), one thread per run. Shorter runs come first (on one core: sac ~1.5 h,
+# gmm_source ~1.7 h, posac and sb3_sac ~2.5 h, gmm ~4.5 h): a machine that is not kept between
+# 3-hour sessions loses its unfinished runs' checkpoints, so the order makes as many runs as
+# possible finish in each session. With 3 workers on 2 cores three runs share the cores: each is
+# slower (the same numbers: one thread each, deterministic on the CPU), but when a session ends
+# soon after the second run would, the third one may finish too.
 # Resumable: rerun the same command after any interruption; finished runs are skipped, unfinished
-# ones resume from their last checkpoint (sweep.py's rule).
+# ones resume from their last checkpoint (sweep.py's rule). Runs already committed under
+# benchmark/results/humanoid_300k/runs/ count as finished: their folders (eval.csv, args.json,
+# summary.json) are copied into the output folder first, so a fresh machine does not redo them.
 #   bash benchmark/campaign_humanoid.sh                   # runs into runs/humanoid_300k
-#   CAMPAIGN_OUT=/somewhere bash benchmark/campaign_humanoid.sh
+#   CAMPAIGN_OUT=/somewhere CAMPAIGN_WORKERS=3 bash benchmark/campaign_humanoid.sh
 #   python benchmark/report.py --paths runs/humanoid_300k --out-dir benchmark/results/humanoid_300k
 # Any arguments go to every sweep.py call (--dry-run prints what would run).
 source "$(dirname "$0")/common.sh"
@@ -32,32 +39,57 @@ one_run() {
 }
 SWEEP_ARGS=("$@")
 
-lane_a() {
-    local status=0
-    one_run sac_continuous.py 1 "${LONG[@]}" || status=$?
-    one_run posac_jko.py 1 "${LONG[@]}" --num-actors 2 --w2-weights 0.0 0.1 || status=$?
-    one_run sac_continuous.py 2 "${LONG[@]}" || status=$?
-    one_run benchmark/sb3_sac.py 1 "${LONG[@]}" || status=$?
-    one_run sac_continuous.py 3 "${LONG[@]}" || status=$?
-    one_run posac_jko.py 2 "${LONG[@]}" --num-actors 2 --w2-weights 0.0 0.1 || status=$?
-    one_run gmm_density_matching.py 1 --total-timesteps 100000 "${EVAL[@]}" \
-        --proposal gaussian --temperature-mode fixed --temperature 1 || status=$?
-    return "$status"
+POSAC=(--num-actors 2 --w2-weights 0.0 0.1)
+SOURCE_SAMPLER=(--proposal gaussian --temperature-mode fixed --temperature 1)
+RUN_COUNT=10
+
+# campaign_run N: the queue's run number N (0-based), shortest first
+campaign_run() {
+    case $1 in
+        0) one_run sac_continuous.py 1 "${LONG[@]}" ;;
+        1) one_run posac_jko.py 1 "${LONG[@]}" "${POSAC[@]}" ;;
+        2) one_run sac_continuous.py 2 "${LONG[@]}" ;;
+        3) one_run sac_continuous.py 3 "${LONG[@]}" ;;
+        4) one_run gmm_density_matching.py 1 --total-timesteps 100000 "${EVAL[@]}" "${SOURCE_SAMPLER[@]}" ;;
+        5) one_run posac_jko.py 2 "${LONG[@]}" "${POSAC[@]}" ;;
+        6) one_run benchmark/sb3_sac.py 1 "${LONG[@]}" ;;
+        7) one_run gmm_density_matching.py 1 "${LONG[@]}" ;;
+        8) one_run gmm_density_matching.py 2 "${LONG[@]}" ;;
+        9) one_run gmm_density_matching.py 3 "${LONG[@]}" ;;
+    esac
 }
 
-lane_b() {
-    local status=0
-    for seed in 1 2 3; do
-        one_run gmm_density_matching.py "$seed" "${LONG[@]}" || status=$?
+# The committed finished runs, so that they are skipped (a folder already there is left as it is).
+COMMITTED=benchmark/results/humanoid_300k/runs
+mkdir -p "$OUT"
+for folder in "$COMMITTED"/*/; do
+    [[ -f "$folder/summary.json" ]] || continue
+    [[ -e "$OUT/$(basename "$folder")" ]] || cp -r "$folder" "$OUT/"
+done
+
+# The queue: a counter file that each worker advances under a lock, so no run is taken twice.
+QUEUE=$(mktemp)
+trap 'rm -f "$QUEUE"' EXIT
+echo 0 > "$QUEUE"
+next_run() {
+    flock "$QUEUE" bash -c 'n=$(cat "$1"); echo $((n + 1)) > "$1"; echo "$n"' bash "$QUEUE"
+}
+
+worker() {
+    local status=0 n
+    while n=$(next_run) && (( n < RUN_COUNT )); do
+        campaign_run "$n" || status=$?
     done
     return "$status"
 }
 
-lane_a &
-lane_a_pid=$!
-lane_b &
-lane_b_pid=$!
+pids=()
+for _ in $(seq "${CAMPAIGN_WORKERS:-2}"); do
+    worker &
+    pids+=($!)
+done
 status=0
-wait "$lane_a_pid" || status=$?
-wait "$lane_b_pid" || status=$?
+for pid in "${pids[@]}"; do
+    wait "$pid" || status=$?
+done
 exit "$status"

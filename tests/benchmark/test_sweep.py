@@ -294,12 +294,18 @@ def test_shell_entry_point_expands_the_standard_set():
 
 
 def test_humanoid_campaign_expands_to_its_ten_runs(tmp_path):
-    """benchmark/campaign_humanoid.sh --dry-run: the issue's table, run for run (script, seed, budget, flags)."""
+    """benchmark/campaign_humanoid.sh --dry-run: the issue's table, run for run (script, seed, budget, flags);
+    the runs committed under benchmark/results/humanoid_300k/runs are copied in first and skipped as finished."""
     result = subprocess.run(["bash", str(ROOT / "benchmark" / "campaign_humanoid.sh"), "--dry-run"],
                             env={**os.environ, "PYTHON": sys.executable, "CAMPAIGN_OUT": str(tmp_path)},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    commands = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if not line.startswith("#")]
+    lines = result.stdout.splitlines()
+    commands = [line.split(" ", 1)[1] for line in lines if not line.startswith("#")]
+    committed = sorted(p.name for p in (ROOT / "benchmark" / "results" / "humanoid_300k" / "runs").iterdir())
+    skipped = sorted(line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in lines if line.startswith("# skip: "))
+    assert committed and skipped == sorted(name.rsplit("__", 1)[0] for name in committed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == committed
     every = f"--output-dir {tmp_path} --total-timesteps {{steps}} --eval-every 10000 --eval-episodes 10 --checkpoint-every 10000"
     long, short = every.format(steps=300000), every.format(steps=100000)
     posac = " --num-actors 2 --w2-weights 0.0 0.1"
@@ -313,4 +319,9 @@ def test_humanoid_campaign_expands_to_its_ten_runs(tmp_path):
         script, rest = command.split(" --env-id Humanoid-v4 --seed ")
         seed, rest = rest.split(" --exp-name ")
         found.add((script, int(seed), rest.split(" ", 1)[1]))
-    assert len(commands) == 10 and found == expected
+    for folder in committed:  # a committed run stands for its row of the table: script, seed and budget
+        record = json.loads((ROOT / "benchmark" / "results" / "humanoid_300k" / "runs" / folder / "args.json").read_text())
+        script = {"sb3_sac": "benchmark/sb3_sac.py"}.get(record["algorithm"], f"{record['algorithm']}.py")
+        budget = f"--total-timesteps {record['args']['total_timesteps']} "
+        found.update(row for row in expected if row[:2] == (script, record["args"]["seed"]) and budget in row[2])
+    assert len(commands) + len(skipped) == 10 and found == expected
